@@ -1,0 +1,37 @@
+# Two commands a reader needs (README.md):
+#   make book   set up .venv, then build the HTML book, executing every chapter (quick preset offline)
+#   make test   set up .venv, then run the unit tests and the notebooks (pytest + nbval)
+# Everything runs offline: HF_HUB_OFFLINE stops open_clip from trying to reach the hub.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# On this machine kind the matching CPU-runnable torch/torchvision pair is installed first;
+# requirements.txt itself only asks for ranges so Colab keeps its own torch.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+QUICK  := HF_HUB_OFFLINE=1 PROMPTMOE_PRESET=$${PROMPTMOE_PRESET:-tiny} MPLBACKEND=Agg
+
+.PHONY: setup test unit notebooks book clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -r requirements.txt -e .
+	touch $@
+
+unit: setup
+	$(QUICK) $(PY) -m pytest tests
+
+notebooks: setup
+	$(QUICK) $(PY) -m pytest --nbval-lax book/
+
+test: setup
+	$(QUICK) $(PY) -m pytest tests --nbval-lax book/
+
+book: setup
+	$(QUICK) $(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+
+clean:
+	rm -rf _build .pytest_cache

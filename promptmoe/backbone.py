@@ -1,0 +1,227 @@
+"""The frozen CLIP backbone: per-layer patch tokens (with the V-V attention path) and a text tower
+that accepts learnable token embeddings.
+
+Taught in chapter 2 (image side) and chapter 3 (text side). REFERENCE.md D1 and D2.
+
+Every layer's tokens are returned as a *separate* tensor computed from that block's output,
+never a view that later blocks update in place (the AnomalyCLIP bug where "4 layers" were layer
+24 four times cannot happen here; ``tests/test_backbone.py`` checks it).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PromptMoEConfig
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers "promptmoe-tiny" (random init, offline)
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageFeatures:
+    """What the frozen image tower gives PromptMoE for a batch.
+
+    Attributes:
+        layer_tokens: one tensor per requested block, each (B, HW+1, D) after ln_post and proj;
+            index 0 is that block's CLS token, the rest are patch tokens in raster order.
+        global_feature: F_cls, (B, D): the original path's CLS -> ln_post -> proj.
+        grid: (h, w) token grid, e.g. (37, 37) at 518 px with patch 14.
+    """
+
+    layer_tokens: List[torch.Tensor]
+    global_feature: torch.Tensor
+    grid: Tuple[int, int]
+
+    def to(self, *args, **kwargs) -> "ImageFeatures":
+        return ImageFeatures([t.to(*args, **kwargs) for t in self.layer_tokens],
+                             self.global_feature.to(*args, **kwargs), self.grid)
+
+    def __getitem__(self, idx) -> "ImageFeatures":
+        """Select images (a slice or an index tensor) from the batch."""
+        return ImageFeatures([t[idx] for t in self.layer_tokens], self.global_feature[idx], self.grid)
+
+    @staticmethod
+    def cat(items: Sequence["ImageFeatures"]) -> "ImageFeatures":
+        """Concatenate batches along the image dimension."""
+        n = len(items[0].layer_tokens)
+        return ImageFeatures([torch.cat([it.layer_tokens[i] for it in items]) for i in range(n)],
+                             torch.cat([it.global_feature for it in items]), items[0].grid)
+
+
+def vv_attention(attn: nn.MultiheadAttention, h: torch.Tensor) -> torch.Tensor:
+    """Value-value self-attention with a block's frozen weights: q and k are replaced by v.
+
+    Args:
+        attn: the block's ``nn.MultiheadAttention`` (batch_first).
+        h: (B, L, W) the block input after ``ln_1``.
+    Returns:
+        (B, L, W) the attention output after ``out_proj``.
+    """
+    B, L, W = h.shape
+    n_heads = attn.num_heads
+    w_v = attn.in_proj_weight[2 * W:]  # (W, W): rows of the value projection
+    b_v = attn.in_proj_bias[2 * W:] if attn.in_proj_bias is not None else None
+    v = F.linear(h, w_v, b_v)  # (B, L, W)
+    v = v.view(B, L, n_heads, W // n_heads).transpose(1, 2)  # (B, h, L, W/h)
+    out = F.scaled_dot_product_attention(v, v, v)  # softmax(v v^T / sqrt(W/h)) v
+    out = out.transpose(1, 2).reshape(B, L, W)  # (B, L, W)
+    return attn.out_proj(out)
+
+
+class FrozenCLIP(nn.Module):
+    """open_clip CLIP with every weight frozen; exposes the pieces PromptMoE needs.
+
+    Args:
+        config: which architecture, weights, input size, blocks and V-V path to use.
+        clip: an already built open_clip model (tests pass one to compare against open_clip).
+    """
+
+    def __init__(self, config: PromptMoEConfig, clip: Optional[nn.Module] = None):
+        super().__init__()
+        self.config = config
+        if clip is None:
+            clip = create_clip(config)
+        self.clip = clip.eval()
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        visual = self.clip.visual
+        if not getattr(visual.transformer, "batch_first", True):
+            raise RuntimeError("this open_clip build runs its transformer sequence-first; "
+                               "install open_clip_torch>=2.26")
+        n_blocks = len(visual.transformer.resblocks)
+        bad = [b for b in config.layers if b > n_blocks]
+        if bad:
+            raise ValueError(f"layers {bad} exceed the {n_blocks} blocks of {config.clip_model}")
+        self.tokenizer = open_clip.get_tokenizer(config.clip_model)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def embed_dim(self) -> int:
+        """D of projected image/text features (768 for ViT-L-14-336)."""
+        return self.clip.visual.proj.shape[1]
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the text tower's token embeddings (the D of learnable prompt vectors)."""
+        return self.clip.token_embedding.weight.shape[1]
+
+    @property
+    def grid_size(self) -> Tuple[int, int]:
+        return tuple(self.clip.visual.grid_size)
+
+    def train(self, mode: bool = True) -> "FrozenCLIP":
+        """The backbone stays in eval mode whatever the parent module does."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    # ------------------------------------------------------------------ image side
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """Run the frozen image tower once and collect the requested blocks.
+
+        Args:
+            images: (B, 3, S, S) CLIP-normalised images, S = config.image_size.
+        """
+        visual = self.clip.visual
+        want = set(self.config.layers)
+        first_vv = self.config.first_vv_block if self.config.vv_attention else None
+        x = visual._embeds(images)  # (B, HW+1, W) after ln_pre
+        y = None  # the V-V path, started from the original path at block first_vv
+        taken = {}
+        for idx, block in enumerate(visual.transformer.resblocks, start=1):
+            if first_vv is not None and idx >= first_vv:
+                h = block.ln_1(x)
+                y = (x if y is None else y) + block.ls_1(vv_attention(block.attn, h))  # no MLP
+            x = block(x)  # the original path, exactly open_clip's block
+            if idx in want:
+                tokens = y if (y is not None) else x  # (B, HW+1, W), a new tensor each block
+                taken[idx] = visual.ln_post(tokens) @ visual.proj  # (B, HW+1, D)
+        pooled, _ = visual._pool(x)  # CLS after ln_post
+        global_feature = pooled @ visual.proj  # (B, D)
+        layer_tokens = [taken[i] for i in self.config.layers]
+        return ImageFeatures(layer_tokens, global_feature, self.grid_size)
+
+    # ------------------------------------------------------------------ text side
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, 77) token ids with SOT ... EOT and zero padding."""
+        return self.tokenizer(list(texts))
+
+    def word_embeddings(self, text: str) -> torch.Tensor:
+        """Embeddings (n, W) of the tokens of ``text`` without SOT/EOT (e.g. the class word)."""
+        ids = self.tokenize([text])[0]
+        eot = int(ids.argmax())
+        return self.clip.token_embedding(ids[1:eot].to(self.clip.token_embedding.weight.device))
+
+    def special_embeddings(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (W,) of the start-of-text and end-of-text tokens."""
+        ids = self.tokenize([""])[0]
+        emb = self.clip.token_embedding(ids[:2].to(self.clip.token_embedding.weight.device))
+        return emb[0], emb[1]
+
+    def encode_embeddings(self, embeds: torch.Tensor, eot_index: torch.Tensor,
+                          cut: bool = True) -> torch.Tensor:
+        """Text features of token-embedding sequences that may hold learnable vectors.
+
+        Args:
+            embeds: (N, L, W) token embeddings, SOT first, L <= context length; positions after
+                each sequence's EOT are ignored (the mask is causal).
+            eot_index: (N,) position of EOT in each sequence.
+            cut: drop the positions after the last EOT before running the tower. Because the
+                attention mask is causal this gives the same features at a fraction of the cost.
+        Returns:
+            (N, D) text features (not normalised).
+        """
+        clip = self.clip
+        n_ctx = clip.positional_embedding.shape[0]
+        N, L, W = embeds.shape
+        if L > n_ctx:
+            raise ValueError(f"prompt of {L} tokens exceeds the context length {n_ctx}")
+        if cut:
+            L = int(eot_index.max()) + 1
+            embeds = embeds[:, :L]
+        elif L < n_ctx:
+            embeds = F.pad(embeds, (0, 0, 0, n_ctx - L))  # zero rows after EOT: the full 77
+            L = n_ctx
+        x = embeds + clip.positional_embedding[:L]  # (N, L, W)
+        mask = clip.attn_mask[:L, :L] if clip.attn_mask is not None else None
+        x = clip.transformer(x, attn_mask=mask)  # (N, L, W)
+        x = clip.ln_final(x)
+        x = x[torch.arange(N, device=x.device), eot_index]  # (N, W): features at EOT
+        proj = clip.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (N, D)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Normalised features (N, D) of plain sentences (hand-written prompts)."""
+        ids = self.tokenize(texts).to(self.clip.token_embedding.weight.device)
+        embeds = self.clip.token_embedding(ids)
+        return F.normalize(self.encode_embeddings(embeds, ids.argmax(dim=-1)), dim=-1)
+
+
+def create_clip(config: PromptMoEConfig) -> nn.Module:
+    """Build the open_clip model of a config (downloads OpenAI weights for paper/small)."""
+    try:
+        clip = open_clip.create_model(config.clip_model, pretrained=config.pretrained,
+                                      force_image_size=config.image_size)
+    except Exception as err:  # network or cache problems: say what to do
+        if config.pretrained:
+            raise RuntimeError(
+                f"could not load open_clip {config.clip_model!r} with pretrained="
+                f"{config.pretrained!r}: {err}. The weights come from the internet on first use; "
+                "offline, use the tiny preset (PROMPTMOE_PRESET=tiny) or pre-populate the "
+                "Hugging Face cache.") from err
+        raise
+    if config.pretrained is None and config.preset != "tiny":
+        log.warning("%s has random weights: its outputs show plumbing, not the method",
+                    config.clip_model)
+    return clip

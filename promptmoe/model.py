@@ -1,0 +1,154 @@
+"""PromptMoE: frozen CLIP + VGMoP prompts -> anomaly map and image score.
+
+Taught in chapters 3 (prompts), 5 (training) and 6 (evaluation). REFERENCE.md D4 and D5.
+
+Forward of a batch (B, 3, S, S):
+
+* per feature layer l, patch tokens are compared (cosine / tau) with the normal and abnormal text
+  features F_T^(l) of *that image*; a softmax over the pair gives the abnormal probability per
+  token, reshaped to the grid and bilinearly upsampled to S x S;
+* anomaly_map = mean over layers (the paper writes a sum; the mean keeps it in [0, 1] for the BCE
+  and ranks pixels identically); Gaussian smoothing (sigma) only in eval mode;
+* pred_score = 1/2 (max anomaly_map + softmax(F_cls . F_T^(last) / tau')[abnormal]) (Eq. 7).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import FrozenCLIP, ImageFeatures
+from .config import PromptMoEConfig
+from .prompts import build_prompt_learner, build_sequences
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian filter of (B, H, W) maps, matching scipy.ndimage.gaussian_filter
+    (mode "reflect", i.e. half-sample symmetric padding, kernel radius round(truncate*sigma))."""
+    if sigma <= 0:
+        return maps
+    H, W = maps.shape[-2:]
+    radius = int(truncate * sigma + 0.5)
+    if radius >= min(H, W):
+        raise ValueError(f"sigma={sigma} needs maps larger than {radius} pixels, got {H}x{W}")
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()  # (2r+1,)
+    x = maps[:, None]  # (B, 1, H, W)
+    # symmetric padding: a b c | c b a
+    x = torch.cat([x[..., :radius, :].flip(-2), x, x[..., -radius:, :].flip(-2)], dim=-2)
+    x = torch.cat([x[..., :radius].flip(-1), x, x[..., -radius:].flip(-1)], dim=-1)
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))  # along H
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))  # along W
+    return x[:, 0]
+
+
+class PromptMoE(nn.Module):
+    """The full model. Only the prompt learner and Q_ctx are trainable.
+
+    Args:
+        config: hyper-parameters (``PromptMoEConfig.paper()`` etc.).
+        backbone: a ready :class:`FrozenCLIP` (built from the config when omitted).
+    """
+
+    def __init__(self, config: PromptMoEConfig, backbone: Optional[FrozenCLIP] = None):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone if backbone is not None else FrozenCLIP(config)
+        dim, visual_dim = self.backbone.token_dim, self.backbone.embed_dim
+        self.prompts = build_prompt_learner(config, dim, visual_dim)
+        self.context = nn.Parameter(torch.randn(config.len_context, dim) * 0.02)  # Q_ctx (M_q, D)
+        with torch.no_grad():
+            sot, eot = self.backbone.special_embeddings()
+            cls = self.backbone.word_embeddings(config.class_word)
+        self.register_buffer("sot_embedding", sot.clone(), persistent=False)  # (D,)
+        self.register_buffer("eot_embedding", eot.clone(), persistent=False)  # (D,)
+        self.register_buffer("class_embedding", cls.clone(), persistent=False)  # (c, D)
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Only what training changes (prompts, routers, attention, pools, Q_ctx)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def expert_pools(self):
+        """Every distinct expert pool (E, M, D)."""
+        return self.prompts.expert_pools()
+
+    # ------------------------------------------------------------------ text side
+    def encode_prompts(self, prompt_out, cut: bool = True) -> torch.Tensor:
+        """Text features (N, P, 2, D), L2-normalised; N = B for VGMoP, 1 for static prompts.
+
+        All images x prompt layers x {normal, abnormal} go through the text tower in one call.
+        """
+        normal, abnormal = prompt_out.normal, prompt_out.abnormal  # (N, P, M_n, D), (N, P, M_a, D)
+        N, P = normal.shape[:2]
+        embeds, eot_index = build_sequences(
+            normal.flatten(0, 1), abnormal.flatten(0, 1), self.context,
+            self.sot_embedding, self.eot_embedding, self.class_embedding)  # (2NP, L, D)
+        feats = self.backbone.encode_embeddings(embeds, eot_index, cut=cut)  # (2NP, D_out)
+        feats = F.normalize(feats, dim=-1).view(2, N, P, -1).permute(1, 2, 0, 3)  # (N, P, 2, D)
+        if not prompt_out.per_image and N > 1:  # static ensemble: average the members
+            feats = F.normalize(feats.mean(dim=0, keepdim=True), dim=-1)  # (1, P, 2, D)
+        return feats
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: torch.Tensor) -> Dict[str, object]:
+        """images (B, 3, S, S), CLIP-normalised -> dict (see :meth:`forward_features`)."""
+        feats = self.backbone.encode_image(images)
+        return self.forward_features(feats, out_size=tuple(images.shape[-2:]))
+
+    def forward_features(self, feats: ImageFeatures, out_size=None) -> Dict[str, object]:
+        """Everything after the frozen image tower (so cached features can be reused).
+
+        Returns a dict with:
+            anomaly_map (B, H, W) in [0, 1]; pred_score (B,) in [0, 1];
+            layer_maps (B, L, H, W) abnormal probability per feature layer;
+            image_prob (B,) the global-feature branch of Eq. 7;
+            text_features (B, L, 2, D); routing {"normal", "abnormal"} -> Routing (VGMoP only).
+        """
+        cfg = self.config
+        S = out_size or (cfg.image_size, cfg.image_size)
+        h, w = feats.grid
+        g = feats.global_feature  # (B, D)
+        B = g.shape[0]
+        # F_x^(l) = [patch tokens of l ; F_cls]: (B, HW+1, D)
+        visual = [torch.cat([t[:, 1:], g[:, None]], dim=1) for t in feats.layer_tokens]
+        prompt_out = self.prompts(visual)
+        text = self.encode_prompts(prompt_out)  # (N, P, 2, D)
+        n_layers = len(feats.layer_tokens)
+        if text.shape[1] != n_layers:  # one prompt module for all layers
+            text = text.expand(-1, n_layers, -1, -1)
+        text = text.expand(B, -1, -1, -1)  # (B, L, 2, D)
+        maps = []
+        for l, tokens in enumerate(feats.layer_tokens):
+            patches = F.normalize(tokens[:, 1:], dim=-1)  # (B, HW, D)
+            logits = patches @ text[:, l].transpose(1, 2) / cfg.tau  # (B, HW, D) x (B, D, 2) -> (B, HW, 2)
+            prob = logits.softmax(dim=-1)[..., 1].view(B, 1, h, w)  # abnormal probability
+            maps.append(F.interpolate(prob, size=S, mode="bilinear", align_corners=False)[:, 0])
+        layer_maps = torch.stack(maps, dim=1)  # (B, L, H, W)
+        anomaly_map = layer_maps.mean(dim=1)  # (B, H, W)
+        if not self.training and cfg.sigma > 0:
+            anomaly_map = gaussian_blur(anomaly_map, cfg.sigma)
+        g_n = F.normalize(g, dim=-1)
+        image_logits = torch.einsum("bd,bkd->bk", g_n, text[:, -1]) / cfg.tau_image  # (B, 2)
+        image_prob = image_logits.softmax(dim=-1)[:, 1]  # (B,)
+        pred_score = 0.5 * (anomaly_map.flatten(1).max(dim=1).values + image_prob)
+        return {"anomaly_map": anomaly_map, "pred_score": pred_score, "layer_maps": layer_maps,
+                "image_prob": image_prob, "text_features": text, "routing": prompt_out.routing}
+
+
+def count_trainable_parameters(config: PromptMoEConfig, dim: int = 768, visual_dim: int = 768) -> int:
+    """Trainable parameters of a config without loading CLIP (dims of ViT-L-14-336 by default)."""
+    learner = build_prompt_learner(config, dim, visual_dim)
+    return sum(p.numel() for p in learner.parameters()) + config.len_context * dim
+
+
+def sequence_length(config: PromptMoEConfig, n_class_tokens: int = 1) -> int:
+    """Tokens of the longer (abnormal) prompt after cutting at EOT."""
+    return 1 + config.len_normal + config.len_abnormal + n_class_tokens + config.len_context + 1
+

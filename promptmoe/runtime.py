@@ -1,0 +1,66 @@
+"""One place that decides where and how the code runs: preset, device, seed.
+
+Taught in chapter 1. Chapters call :func:`default_preset` and never hard-code a preset:
+``PROMPTMOE_PRESET`` wins; otherwise a GPU gives ``paper``, a CPU that can reach (or has cached)
+the OpenAI weights gives ``small``, and an offline CPU gives ``tiny`` (quick mode).
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import numpy as np
+import torch
+
+from .config import PRESETS
+
+PRESET_ENV = "PROMPTMOE_PRESET"
+
+
+def _weights_reachable(host: str = "huggingface.co", timeout: float = 1.5) -> bool:
+    """True when the hub answers quickly; never tried when HF_HUB_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def default_preset() -> str:
+    """Preset for this machine: environment first, then GPU -> paper, online CPU -> small, else tiny."""
+    env = os.environ.get(PRESET_ENV, "").strip().lower()
+    if env:
+        if env not in PRESETS:
+            raise ValueError(f"{PRESET_ENV}={env!r}: choose one of {PRESETS}")
+        return env
+    if torch.cuda.is_available():
+        return "paper"
+    return "small" if _weights_reachable() else "tiny"
+
+
+def is_quick(preset: str) -> bool:
+    """Quick mode = the tiny random CLIP on synthetic data: plumbing, not results."""
+    return preset == "tiny"
+
+
+def get_device(verbose: bool = False) -> torch.device:
+    """CUDA when present, else CPU; on Colab without a GPU say how to get one."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if verbose:
+        msg = "No GPU found: running on the CPU."
+        if "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ:
+            msg += " On Colab choose Runtime > Change runtime type > T4 GPU, then rerun."
+        print(msg)
+    return torch.device("cpu")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
