@@ -152,3 +152,16 @@ def sequence_length(config: PromptMoEConfig, n_class_tokens: int = 1) -> int:
     """Tokens of the longer (abnormal) prompt after cutting at EOT."""
     return 1 + config.len_normal + config.len_abnormal + n_class_tokens + config.len_context + 1
 
+
+
+TINY_CLIP_SEED = 0  # the tiny preset's random CLIP is rebuilt from this seed wherever it is loaded
+
+
+def build_model(config: PromptMoEConfig, device=None, clip_seed: int = TINY_CLIP_SEED) -> PromptMoE:
+    """The model of a config, reproducibly: a random (tiny) CLIP from ``clip_seed``, prompts from
+    ``config.seed``. Loading pretrained weights (paper/small) does not depend on the seeds."""
+    if config.pretrained is None:
+        torch.manual_seed(clip_seed)
+    backbone = FrozenCLIP(config)
+    torch.manual_seed(config.seed)
+    return PromptMoE(config, backbone=backbone).to(device or "cpu")

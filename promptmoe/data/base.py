@@ -1,0 +1,315 @@
+"""Shared pieces of every dataset loader: records, robust image/mask reading, the torch Dataset.
+
+Taught in the data chapter (``book/02_data``). Every on-disk format (``mvtec.py``, ``visa.py``, ...)
+only *finds* files and returns a list of :class:`SampleRecord`; everything that opens a file lives
+here, so one set of rules (RGB conversion, mask binarisation ``> 0``, CLIP normalisation) holds for
+all 15 datasets.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+# open_clip's OPENAI_DATASET_MEAN / OPENAI_DATASET_STD: the statistics CLIP was trained with.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+PathLike = Union[str, Path]
+
+
+class DatasetError(ValueError):
+    """A dataset root, image or mask that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One test (or train) image as found on disk; nothing is opened yet."""
+
+    image_path: str
+    mask_path: Optional[str]  # None: no pixel annotation (normal image, or image-level-only data)
+    gt_label: int  # 0 normal, 1 anomalous, -1 unknown (a plain folder used for prediction only)
+    category: str
+    dataset: str
+
+
+def is_image_file(path: PathLike) -> bool:
+    """True for a non-hidden file whose extension (any case) is in IMAGE_EXTENSIONS."""
+    p = Path(path)
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def list_images(folder: PathLike) -> List[Path]:
+    """Image files directly inside ``folder``, sorted by name; [] when the folder does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def pair_by_stem(
+    image_paths: Sequence[PathLike],
+    mask_dir: PathLike,
+    suffixes: Sequence[str] = ("", "_mask", "_label", "_Segmentation", "_segmentation"),
+) -> List[Optional[str]]:
+    """Find each image's mask in ``mask_dir`` by file stem (plus an optional suffix), never by index.
+
+    Sorted-index pairing silently misaligns as soon as one mask is missing or names sort differently
+    (``10.png`` before ``2.png``); matching stems cannot.
+
+    Args:
+        image_paths: images to pair.
+        mask_dir: folder holding the masks (may be missing: every entry is then None).
+        suffixes: tried in order after the image stem, e.g. ``000`` -> ``000_mask.png``.
+
+    Returns:
+        One mask path (str) or None per image, in the order of ``image_paths``.
+    """
+    by_stem: Dict[str, List[Path]] = {}
+    for m in list_images(mask_dir):
+        by_stem.setdefault(m.stem, []).append(m)
+    lowered = {k.lower(): v for k, v in by_stem.items()}
+    out: List[Optional[str]] = []
+    for img in image_paths:
+        stem, found = Path(img).stem, None
+        for suffix in suffixes:
+            found = by_stem.get(stem + suffix) or lowered.get((stem + suffix).lower())
+            if found:
+                break
+        if found and len(found) > 1:
+            raise DatasetError(f"Image {img} matches several masks {[str(f) for f in found]}; keep one.")
+        out.append(str(found[0]) if found else None)
+    return out
+
+
+def select_categories(
+    requested: Optional[Iterable[str]], available: Sequence[str], dataset: str, root: PathLike
+) -> List[str]:
+    """Validate requested categories against those present; None means all of them."""
+    available = list(available)
+    if requested is None:
+        return available
+    requested = [requested] if isinstance(requested, str) else list(requested)
+    unknown = [c for c in requested if c not in available]
+    if unknown:
+        raise DatasetError(
+            f"{dataset}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown} under {root}. "
+            f"Available: {sorted(available)}"
+        )
+    return requested
+
+
+def _open(path: PathLike) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()  # decode now, so a truncated file fails here and not deep inside a DataLoader
+        return img
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+        raise DatasetError(f"Cannot read image file {path}: {e}. Re-download or remove it.") from e
+
+
+def _sixteen_bit_to_uint8(arr: np.ndarray) -> np.ndarray:
+    # Scale by the format's full range, not the image's min/max: every image of a dataset then keeps
+    # the same intensity scale (a per-image stretch would change contrast image by image).
+    arr = arr.astype(np.float64)
+    if arr.max(initial=0) <= 255 and arr.min(initial=0) >= 0:
+        return arr.astype(np.uint8)  # an "I" image that only holds 8-bit values
+    if arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
+        return np.round(arr / 257.0).astype(np.uint8)  # 65535 / 257 = 255 exactly
+    lo, hi = arr.min(), arr.max()  # 32-bit data or negative values: no fixed range to use
+    return np.round((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Open any image as 8-bit RGB.
+
+    Grayscale and palette images are expanded, alpha is dropped, CMYK converted, and 16-bit
+    images (``I;16``, ``I``) rescaled by 65535/255 rather than clipped at 255 as PIL's
+    ``convert("L")`` would do. Raises DatasetError naming the file when it cannot be decoded.
+    """
+    img = _open(path)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        img = Image.fromarray(_sixteen_bit_to_uint8(np.asarray(img)))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = arr * 255 if arr.max(initial=0) <= 1.0 else arr
+        img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
+    elif img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # through RGBA so a transparent palette entry converts cleanly
+    return img.convert("RGB")
+
+
+def load_mask(path: PathLike, size: Union[None, int, Tuple[int, int]] = None, threshold: float = 0) -> np.ndarray:
+    """Read a ground-truth mask as a boolean (H, W) array: foreground is any value ``> threshold``.
+
+    ``> 0`` handles 0/255 masks, VisA's class ids (1, 2, ... look black in a viewer), soft or
+    anti-aliased edges, RGB masks (any channel) and 16-bit masks alike.
+
+    Args:
+        path: the mask file.
+        size: None keeps the original size; S or (H, W) resizes the *binary* mask as float with
+            bilinear interpolation and keeps pixels > 0.5 (REFERENCE D8).
+        threshold: binarisation threshold on the raw values (0 as the peers use).
+    """
+    img = _open(path)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGB")  # palette indices are not intensities: use the colours shown
+    arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=-1) if arr.shape[-1] >= 3 else arr[..., 0]  # drop alpha
+    mask = arr > threshold
+    return mask if size is None else resize_mask(mask, size)
+
+
+def resize_mask(mask: np.ndarray, size: Union[int, Tuple[int, int]]) -> np.ndarray:
+    """Resize a boolean (H, W) mask to ``size`` ((H, W) or S): bilinear on 0/1 floats, then > 0.5."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if mask.shape == (h, w):
+        return mask.astype(bool)
+    f = Image.fromarray(mask.astype(np.float32)).resize((w, h), Image.BILINEAR)
+    return np.asarray(f) > 0.5
+
+
+class AnomalyDataset(torch.utils.data.Dataset):
+    """Images (resized, CLIP-normalised), labels and masks from a list of :class:`SampleRecord`.
+
+    Each item is a dict with anomalib's field names: ``image`` (3, S, S) float32, ``gt_label``
+    int64 scalar, ``gt_mask`` (S, S) float32 in {0, 1} (zeros without a mask), ``has_mask`` bool,
+    ``image_path``, ``mask_path`` ("" without a mask), ``category``, ``dataset``. With
+    ``original_size=True`` also ``original_size`` = (H, W): masks are still returned at S so that
+    batches stack; re-read them with :func:`load_mask` to score at the original resolution.
+    """
+
+    def __init__(self, records: Sequence[SampleRecord], image_size: int, name: str = "", original_size: bool = False):
+        if len(records) == 0:
+            raise DatasetError(f"Dataset {name!r} has no images: check the root folder and its layout.")
+        if int(image_size) <= 0:
+            raise DatasetError(f"image_size must be positive, got {image_size}")
+        self._records = list(records)
+        self.image_size = int(image_size)
+        self.name = name or self._records[0].dataset
+        self.original_size = original_size
+        self._mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def records(self) -> List[SampleRecord]:
+        return list(self._records)
+
+    @property
+    def categories(self) -> List[str]:
+        return sorted({r.category for r in self._records})
+
+    @property
+    def has_masks(self) -> bool:
+        return any(r.mask_path for r in self._records)
+
+    def _resized(self, img: Image.Image) -> Image.Image:
+        # open_clip's eval transform is Resize(bicubic) + CenterCrop; we resize straight to S x S so
+        # that no border of an image (and of its defect) is cropped away.
+        return img.resize((self.image_size, self.image_size), Image.BICUBIC)
+
+    def _mask_for(self, rec: SampleRecord, image_size_wh: Tuple[int, int]) -> np.ndarray:
+        mask = load_mask(rec.mask_path)
+        if mask.shape[::-1] != tuple(image_size_wh):
+            raise DatasetError(
+                f"Mask {rec.mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                f"{rec.image_path} is {image_size_wh[0]}x{image_size_wh[1]}: the pair does not match."
+            )
+        return resize_mask(mask, self.image_size)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self._records[i]
+        img = load_image(rec.image_path)
+        pixels = torch.from_numpy(np.asarray(self._resized(img), dtype=np.float32) / 255.0)  # (S, S, 3)
+        image = (pixels.permute(2, 0, 1) - self._mean) / self._std  # (3, S, S)
+        if rec.mask_path:
+            gt_mask = torch.from_numpy(self._mask_for(rec, img.size).astype(np.float32))  # (S, S)
+        else:
+            gt_mask = torch.zeros(self.image_size, self.image_size)
+        item = {
+            "image": image,
+            "gt_label": torch.tensor(rec.gt_label, dtype=torch.int64),
+            "gt_mask": gt_mask,
+            "has_mask": torch.tensor(bool(rec.mask_path)),
+            "image_path": rec.image_path,
+            "mask_path": rec.mask_path or "",
+            "category": rec.category,
+            "dataset": rec.dataset,
+        }
+        if self.original_size:
+            item["original_size"] = torch.tensor([img.size[1], img.size[0]], dtype=torch.long)  # (H, W)
+        return item
+
+    def display_image(self, i: int) -> np.ndarray:
+        """The resized, unnormalised image as uint8 (S, S, 3), for plots."""
+        return np.asarray(self._resized(load_image(self._records[i].image_path)), dtype=np.uint8)
+
+    def counts(self) -> Dict[str, Dict[str, int]]:
+        """Per category: normal / anomalous / with_mask counts (+ "unknown" where labels are -1)."""
+        out: Dict[str, Dict[str, int]] = {}
+        any_unknown = any(r.gt_label < 0 for r in self._records)
+        for cat in self.categories:
+            recs = [r for r in self._records if r.category == cat]
+            labels = Counter(r.gt_label for r in recs)
+            out[cat] = {"normal": labels[0], "anomalous": labels[1], "with_mask": sum(bool(r.mask_path) for r in recs)}
+            if any_unknown:
+                out[cat]["unknown"] = sum(n for lab, n in labels.items() if lab < 0)
+        return out
+
+    def summary(self) -> str:
+        """A printable per-category table of counts with a total row."""
+        counts = self.counts()
+        cols = list(next(iter(counts.values())).keys())
+        width = max(len("category"), len("total"), *(len(c) for c in counts))
+        head = f"{'category':<{width}} " + " ".join(f"{c:>10}" for c in cols) + f" {'images':>8}"
+        lines = [f"{self.name}: {len(self)} images, {len(counts)} categories, size {self.image_size}", head, "-" * len(head)]
+        totals = dict.fromkeys(cols, 0)
+        for cat, row in counts.items():
+            n = len([r for r in self._records if r.category == cat])
+            lines.append(f"{cat:<{width}} " + " ".join(f"{row[c]:>10}" for c in cols) + f" {n:>8}")
+            for c in cols:
+                totals[c] += row[c]
+        lines += ["-" * len(head), f"{'total':<{width}} " + " ".join(f"{totals[c]:>10}" for c in cols) + f" {len(self):>8}"]
+        return "\n".join(lines)
+
+    def subset(self, categories: Union[str, Iterable[str]]) -> "AnomalyDataset":
+        """A new dataset with only the given categories (same size and options)."""
+        keep = set(select_categories(categories, self.categories, self.name, "this dataset"))
+        recs = [r for r in self._records if r.category in keep]
+        return AnomalyDataset(recs, self.image_size, self.name, self.original_size)
+
+    def check(self) -> int:
+        """Open every image and mask (and compare their sizes); raise one DatasetError listing all bad files.
+
+        Returns:
+            The number of images checked.
+        """
+        problems = []
+        for rec in self._records:
+            try:
+                size = load_image(rec.image_path).size
+                if rec.mask_path:
+                    self._mask_for(rec, size)
+            except DatasetError as e:
+                problems.append(str(e))
+        if problems:
+            raise DatasetError(f"{len(problems)} bad file(s) in {self.name}:\n  " + "\n  ".join(problems))
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        c = Counter(r.gt_label for r in self._records)
+        return (
+            f"AnomalyDataset(name={self.name!r}, images={len(self)}, normal={c[0]}, anomalous={c[1]}, "
+            f"categories={len(self.categories)}, image_size={self.image_size}, has_masks={self.has_masks})"
+        )

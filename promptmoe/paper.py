@@ -1,0 +1,197 @@
+"""The paper's reported numbers, as data. Taught in chapters 6 and 7.
+
+Every number here is transcribed from Shao et al., "PromptMoE: Generalizable Zero-Shot Anomaly
+Detection via Visually-Guided Prompt Mixtures", AAAI 2026 (see :data:`CITATION`):
+
+* ``table1.csv`` / ``table1_averages.csv``: Table 1, 7 methods x 15 datasets, two metrics each.
+* ``ablations.csv``: Tables 2-6 (MVTec AD and VisA), each row with the ``PromptMoEConfig``
+  changes that reproduce it, so an ablation loop can run ``cfg.replace(**changes)``.
+* ``per_category.csv``: Tables 8-12, PromptMoE per category, category keys = folder names.
+* ``datasets.csv``: Table 7, the 15 test sets and their sample counts.
+
+Values are percentages exactly as printed. The CSVs are package data (``promptmoe/paper_results``)
+so a book chapter can put "paper" beside "this run" with :func:`side_by_side`.
+
+Known inconsistencies inside the paper (kept as printed, checked in ``tests/test_paper.py``):
+Table 12's DTD-Synthetic pixel AUROC average (98.3) is 0.2 above the mean of its rows (98.1);
+Table 9's VisA image AP average (88.1) differs from Table 1 (88.2); Table 1's medical pixel
+average of APRIL-GAN PRO (58.2) is not the mean of its five rows (58.7).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from importlib.resources import files
+from typing import Dict, Iterable, Mapping, Optional, Sequence
+
+import pandas as pd
+
+CITATION = (
+    'Shao et al., "PromptMoE: Generalizable Zero-Shot Anomaly Detection via Visually-Guided '
+    'Prompt Mixtures", Proceedings of the AAAI Conference on Artificial Intelligence (AAAI 2026).'
+)
+METHODS = ("CLIP", "WinCLIP", "APRIL-GAN", "AnomalyCLIP", "AdaCLIP", "FAPrompt", "PromptMoE")
+METRICS = ("image_auroc", "image_ap", "pixel_auroc", "au_pro")
+DATASETS = ("mvtec", "visa", "mpdd", "btad", "sdd", "dagm", "dtd",
+            "headct", "brainmri", "br35h", "isic", "colondb", "clinicdb", "kvasir", "endo")
+AVERAGES = ("industrial_avg", "medical_image_avg", "medical_pixel_avg")
+PER_CATEGORY_DATASETS = ("mvtec", "visa", "mpdd", "btad", "dtd")  # Tables 8-12
+ABLATION_TABLES = (2, 3, 4, 5, 6)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str) -> pd.DataFrame:
+    # dtype=str on keys: BTAD's categories "01".."03" must not become integers.
+    path = files("promptmoe") / "paper_results" / name
+    with path.open("r", encoding="utf-8") as fh:
+        return pd.read_csv(fh, dtype={"dataset": str, "category": str, "display_name": str})
+
+
+def _check(kind: str, value, valid: Sequence) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {tuple(valid)}")
+
+
+def table1(method: Optional[str] = None, averages: bool = False) -> pd.DataFrame:
+    """Table 1 in long format: one row per (dataset, method, metric).
+
+    Args:
+        method: keep only this method (one of :data:`METHODS`); None keeps all seven.
+        averages: also append the paper's "Average" rows (datasets :data:`AVERAGES`).
+
+    Returns:
+        DataFrame with columns ``dataset, domain, level, method, metric, value`` (percent).
+    """
+    df = _load("table1.csv")
+    if averages:
+        df = pd.concat([df, _load("table1_averages.csv")], ignore_index=True)
+    if method is not None:
+        _check("method", method, METHODS)
+        df = df[df["method"] == method]
+    return df.reset_index(drop=True).copy()
+
+
+def paper_value(dataset: str, metric: str, method: str = "PromptMoE") -> float:
+    """One number of Table 1 in percent, or NaN where the paper reports none.
+
+    Industrial datasets report all four metrics; HeadCT, BrainMRI and Br35H only the image-level
+    pair; ISIC and the colon sets only the pixel-level pair. The Average rows are reachable
+    through the keys in :data:`AVERAGES`.
+    """
+    _check("dataset", dataset, DATASETS + AVERAGES)
+    _check("metric", metric, METRICS)
+    _check("method", method, METHODS)
+    df = table1(averages=True)
+    hit = df[(df["dataset"] == dataset) & (df["metric"] == metric) & (df["method"] == method)]
+    return float(hit["value"].iloc[0]) if len(hit) else math.nan
+
+
+def per_category(dataset: str, average: bool = True) -> pd.DataFrame:
+    """PromptMoE per category (Tables 8-12), indexed by the category's folder name.
+
+    Args:
+        dataset: one of :data:`PER_CATEGORY_DATASETS`.
+        average: keep the paper's printed "Average" row (index ``"average"``), last.
+
+    Returns:
+        DataFrame with ``display_name`` (the paper's spelling) and the four metrics (percent).
+    """
+    _check("dataset", dataset, PER_CATEGORY_DATASETS)
+    df = _load("per_category.csv")
+    df = df[df["dataset"] == dataset].drop(columns="dataset").set_index("category")
+    if not average:
+        df = df.drop(index="average")
+    return df.copy()
+
+
+def ablation(table: int, wide: bool = False) -> pd.DataFrame:
+    """One ablation table (2-6) with the config changes that reproduce each row.
+
+    Args:
+        table: the paper's table number, one of :data:`ABLATION_TABLES`.
+        wide: one row per configuration (paper order) with columns ``"mvtec image_auroc"``,
+            ``"mvtec au_pro"``, ``"visa image_auroc"``, ``"visa au_pro"`` and ``config_changes``.
+
+    Returns:
+        Long format by default: ``table, configuration, dataset, metric, value,
+        config_changes``; ``config_changes`` holds dicts of ``PromptMoEConfig`` fields relative
+        to the paper default (``{}`` is the default model itself).
+    """
+    _check("table", table, ABLATION_TABLES)
+    df = _load("ablations.csv")
+    df = df[df["table"] == table].reset_index(drop=True).copy()
+    df["config_changes"] = df["config_changes"].map(json.loads)
+    if not wide:
+        return df
+    order = list(dict.fromkeys(df["configuration"]))
+    df["column"] = df["dataset"] + " " + df["metric"]
+    out = df.pivot(index="configuration", columns="column", values="value").loc[order]
+    out = out[["mvtec image_auroc", "mvtec au_pro", "visa image_auroc", "visa au_pro"]]
+    out.columns.name = None
+    changes = df.drop_duplicates("configuration").set_index("configuration")["config_changes"]
+    out["config_changes"] = changes.loc[order]
+    return out
+
+
+def ablation_configs(table: int) -> Dict[str, dict]:
+    """``{configuration: config_changes}`` for one ablation table, in the paper's row order."""
+    df = ablation(table)
+    return {row.configuration: row.config_changes
+            for row in df.drop_duplicates("configuration").itertuples()}
+
+
+def datasets_table() -> pd.DataFrame:
+    """Table 7: the 15 datasets (index = dataset key) with domain, modality and sample counts."""
+    return _load("datasets.csv").set_index("dataset").copy()
+
+
+def side_by_side(ours: Mapping[str, Mapping[str, float]],
+                 metrics: Optional[Iterable[str]] = None,
+                 method: str = "PromptMoE",
+                 decimals: Optional[int] = 1,
+                 strict: bool = True) -> pd.DataFrame:
+    """The paper's numbers beside this run's, in percent, for a book table.
+
+    Args:
+        ours: ``{dataset: {metric: value in [0, 1]}}`` as returned by the evaluation code.
+        metrics: which metrics to show; default: every metric present in ``ours``, in
+            :data:`METRICS` order.
+        method: the Table 1 method whose numbers fill the "(paper)" columns.
+        decimals: round both columns to this many decimals (None keeps full precision).
+        strict: raise on dataset keys the paper does not have; with False they get NaN
+            "(paper)" cells (useful for a synthetic toy set).
+
+    Returns:
+        DataFrame indexed by dataset (order of ``ours``) with columns
+        ``"<metric> (paper)"`` and ``"<metric> (this run)"`` for each metric.
+    """
+    _check("method", method, METHODS)
+    if metrics is None:
+        present = {m for row in ours.values() for m in row}
+        metrics = [m for m in METRICS if m in present]
+    metrics = list(metrics)
+    for m in metrics:
+        _check("metric", m, METRICS)
+    rows = {}
+    for dataset, values in ours.items():
+        known = dataset in DATASETS + AVERAGES
+        if strict and not known:
+            _check("dataset", dataset, DATASETS + AVERAGES)
+        unknown = sorted(set(values) - set(METRICS))
+        if unknown:
+            raise ValueError(f"{dataset}: unknown metrics {unknown}; choose from {METRICS}")
+        row = {}
+        for m in metrics:
+            v = values.get(m, math.nan)
+            v = math.nan if v is None else float(v)
+            if not math.isnan(v) and not 0.0 <= v <= 1.0:
+                raise ValueError(f"{dataset}/{m}={v}: pass this run's values as fractions in "
+                                 "[0, 1]; side_by_side converts them to percent")
+            row[f"{m} (paper)"] = paper_value(dataset, m, method) if known else math.nan
+            row[f"{m} (this run)"] = 100.0 * v
+        rows[dataset] = row
+    columns = [f"{m} ({who})" for m in metrics for who in ("paper", "this run")]
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=columns, dtype=float)
+    out.index.name = "dataset"
+    return out.round(decimals) if decimals is not None else out

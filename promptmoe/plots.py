@@ -1,0 +1,414 @@
+"""Plots of the book. Taught in chapters 4-9.
+
+Every function takes plain numpy arrays or pandas tables (this module never imports the model)
+and returns the matplotlib ``Figure``; none calls ``plt.show()``. Single-panel plots take ``ax=``.
+
+The project's rule: a number from the ``tiny`` preset (random CLIP, synthetic data) is plumbing,
+never a result of the method. So every function that draws this run's numbers takes keyword-only
+``preset=`` and ``data=`` with no defaults (forgetting them is an error) and writes
+:func:`run_label` under the figure, or into the title when drawing on a caller's ``ax``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Mapping, Optional, Sequence, Tuple
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+LOSS_TERMS = ("total", "focal", "dice", "bce", "balance", "decouple")
+TINY_NOTE = "random CLIP, quick mode \u2014 plumbing, not a result"
+BRANCHES = ("normal", "abnormal")
+
+
+def run_label(preset: str, data: str) -> str:
+    """Which preset and data produced a figure; the tiny preset is marked as plumbing."""
+    note = f" ({TINY_NOTE})" if preset == "tiny" else ""
+    return f"this run: preset={preset}{note}, data={data}"
+
+
+def _label(fig, preset: str, data: str, caller_ax=None):
+    """Caption ``fig`` with the run label; on a caller's Axes put it in that Axes' title instead."""
+    label = run_label(preset, data)
+    if caller_ax is not None:  # the caller owns the figure: a caption could collide with theirs
+        title = caller_ax.get_title()
+        caller_ax.set_title(f"{title}\n{label}" if title else label, fontsize=8)
+        return fig
+    with warnings.catch_warnings():  # tight_layout warns on colorbars and legends: cosmetic
+        warnings.simplefilter("ignore")
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.text(0.5, 0.01, label, ha="center", va="bottom", fontsize=8, color="dimgray")
+    return fig
+
+
+def _axes(ax, figsize):
+    """``(fig, ax)``: the caller's Axes, or one on a fresh figure."""
+    return plt.subplots(figsize=figsize) if ax is None else (ax.figure, ax)
+
+
+def _grid(n: int, ncols: int = 3, size=(4.0, 3.0)):
+    """A figure with ``n`` Axes in rows of ``ncols`` (spare cells removed), returned flat."""
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
+                             squeeze=False)
+    for spare in axes.ravel()[n:]:
+        spare.remove()
+    return fig, list(axes.ravel()[:n])
+
+
+def _smooth(series: pd.Series, window: int) -> pd.Series:
+    # min_periods=1: no NaN ramp at the start, and a NaN step is skipped, not spread
+    return series.rolling(max(1, int(window)), min_periods=1).mean()
+
+
+# ----------------------------------------------------------------------------- training (ch. 5)
+def plot_loss_curves(log, terms: Sequence[str] = LOSS_TERMS, smooth: int = 1,
+                     show_lr: bool = True, *, preset: str, data: str):
+    """One panel per loss term against the training step, dotted lines at new epochs.
+
+    Args:
+        log: DataFrame or CSV path, one row per step: step, epoch, lr and the terms
+            (``balance`` and ``decouple`` unweighted).
+        smooth: rolling-mean window in steps (1 = raw); the raw curve stays faint behind.
+        show_lr: add a last panel with the learning rate (if ``lr`` is logged).
+
+    Returns:
+        Figure with ``len(terms)`` Axes (+1 for lr).
+    """
+    df = log if isinstance(log, pd.DataFrame) else pd.read_csv(log)
+    missing = [c for c in ("step", *terms) if c not in df.columns]
+    if missing:
+        raise ValueError(f"loss log lacks columns {missing}; it has {list(df.columns)}")
+    panels = list(terms) + (["lr"] if show_lr and "lr" in df.columns else [])
+    fig, axes = _grid(len(panels))
+    starts = df["step"][df["epoch"].diff().fillna(0) != 0] if "epoch" in df.columns else []
+    for ax, term in zip(axes, panels):
+        if smooth > 1 and term != "lr":
+            ax.plot(df["step"], df[term], color="C0", alpha=0.25, lw=0.8)
+        ax.plot(df["step"], _smooth(df[term], 1 if term == "lr" else smooth), color="C0")
+        for s in starts:
+            ax.axvline(s, color="gray", ls=":", lw=0.8)
+        ax.set_title(term + (" (unweighted)" if term in ("balance", "decouple") else ""))
+        ax.set_xlabel("step")
+    fig.suptitle("Training losses" + (f" (rolling mean of {smooth} steps)" if smooth > 1 else ""))
+    return _label(fig, preset, data)
+
+
+def plot_decouple_dynamics(logs: Mapping[str, pd.DataFrame], smooth: int = 1,
+                           *, preset: str, data: str):
+    """Fig. 7 style: L_balance and L_decouple against the step, one line per run.
+
+    Args:
+        logs: ``{run name: loss log}``; a name with "without" or "w/o" is drawn dashed (the
+            paper's run without L_decouple), the others solid.
+    """
+    fig, axes = _grid(2, ncols=2, size=(5.0, 3.5))
+    for i, (name, log) in enumerate(logs.items()):
+        df = log if isinstance(log, pd.DataFrame) else pd.read_csv(log)
+        dashed = "without" in name.lower() or "w/o" in name.lower()
+        for ax, term in zip(axes, ("balance", "decouple")):
+            if term in df.columns:
+                ax.plot(df["step"], _smooth(df[term], smooth), ls="--" if dashed else "-",
+                        color=f"C{i}", label=name)
+    for ax, term in zip(axes, ("balance", "decouple")):
+        ax.set(title=f"$L_{{{term}}}$ (unweighted)", xlabel="step")
+        ax.legend(fontsize=8)
+    fig.suptitle("Effect of $L_{decouple}$ on MoE training dynamics")
+    return _label(fig, preset, data)
+
+
+# ----------------------------------------------------------------------------- maps (ch. 2, 6)
+def _as_uint8(image) -> np.ndarray:
+    """(H, W) or (H, W, 3), uint8 or float in [0, 1] -> (H, W, 3) uint8."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.dtype != np.uint8:
+        image = np.clip(np.nan_to_num(image.astype(np.float64)) * 255.0, 0, 255).round()
+    return image.astype(np.uint8)
+
+
+def overlay(image, amap, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a colour-mapped anomaly map onto an image: ``(1 - alpha) image + alpha cmap(amap)``.
+
+    Args:
+        image: (H, W, 3) uint8 (or float in [0, 1], or (H, W) grey).
+        amap: (H, W) float in [0, 1]; values outside are clipped, NaN pixels keep the image.
+        alpha: weight of the colour map (0 = image only, 1 = colour map only).
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    image, amap = _as_uint8(image), np.asarray(amap, dtype=np.float64)
+    if amap.shape != image.shape[:2]:
+        raise ValueError(f"anomaly map {amap.shape} and image {image.shape} differ in (H, W); "
+                         "resize the map to the image first")
+    colours = matplotlib.colormaps[cmap](np.clip(np.nan_to_num(amap), 0, 1))[..., :3] * 255.0
+    a = np.where(np.isnan(amap), 0.0, float(alpha))[..., None]  # (H, W, 1)
+    out = (1.0 - a) * image + a * colours  # (H, W, 3)
+    return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
+def _to_unit(maps):
+    """Maps already in [0, 1] keep their absolute scale; others share one min-max range."""
+    values = np.concatenate([m[np.isfinite(m)] for m in maps] + [np.zeros(0)])
+    if values.size == 0 or (values.min() >= 0.0 and values.max() <= 1.0):
+        return maps
+    lo, hi = values.min(), values.max()
+    return [(m - lo) / (hi - lo if hi > lo else 1.0) for m in maps]
+
+
+def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str, data: str,
+              ncols: Optional[int] = None, alpha: float = 0.5, cmap: str = "jet"):
+    """Fig. 5 style grid: per sample a column of image / ground truth / anomaly-map overlay.
+
+    Args:
+        images: N images (H, W, 3), uint8 or float in [0, 1].
+        maps: N anomaly maps (H, W); if not all in [0, 1] they share one min-max scale.
+        masks: N masks (H, W) or None entries (drawn as "no mask"); masks=None drops the row.
+        titles, scores: per-sample column titles and image scores (``pred_score``).
+        ncols: samples per block of rows (default: all N side by side).
+
+    Returns:
+        Figure with ``rows * ceil(N / ncols) * ncols`` Axes, rows = 3 (2 without masks).
+    """
+    n = len(images)
+    if len(maps) != n:
+        raise ValueError(f"{n} images but {len(maps)} maps")
+    maps = _to_unit([np.asarray(m, dtype=np.float64) for m in maps])
+    ncols = min(ncols or n, n)
+    rows = ["image", "ground truth", "overlay"] if masks is not None else ["image", "overlay"]
+    blocks = math.ceil(n / ncols)
+    fig, axes = plt.subplots(len(rows) * blocks, ncols, squeeze=False,
+                             figsize=(2.2 * ncols, 2.2 * len(rows) * blocks + 0.4))
+    for ax in axes.ravel():
+        ax.set(xticks=[], yticks=[])
+    for b in range(blocks):
+        for r, name in enumerate(rows):
+            axes[b * len(rows) + r, 0].set_ylabel(name)
+    for i in range(n):
+        col, top = i % ncols, (i // ncols) * len(rows)
+        axes[top, col].imshow(_as_uint8(images[i]))
+        head = titles[i] if titles is not None else f"sample {i}"
+        head += f"\nscore={float(scores[i]):.3f}" if scores is not None else ""
+        axes[top, col].set_title(head, fontsize=8)
+        if masks is not None and masks[i] is None:
+            axes[top + 1, col].text(0.5, 0.5, "no mask", ha="center", va="center")
+        elif masks is not None:
+            axes[top + 1, col].imshow(np.asarray(masks[i], float), cmap="gray", vmin=0, vmax=1)
+        axes[top + len(rows) - 1, col].imshow(overlay(images[i], maps[i], alpha, cmap))
+    return _label(fig, preset, data)
+
+
+def plot_similarity_maps(image, maps: Mapping[str, np.ndarray], *, preset: str, data: str,
+                         cmap: str = "jet"):
+    """One row: the image, then each map on its own colour scale (chapter 2, layer by layer)."""
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)), 3.0),
+                             squeeze=False)
+    axes[0, 0].imshow(_as_uint8(image))
+    for ax, amap in zip(axes[0, 1:], maps.values()):
+        ax.imshow(np.asarray(amap, dtype=float), cmap=cmap)  # NaN pixels stay blank
+    for ax, name in zip(axes[0], ["image", *maps]):
+        ax.set(xticks=[], yticks=[])
+        ax.set_title(name, fontsize=9)
+    return _label(fig, preset, data)
+
+
+# ----------------------------------------------------------------------------- experts (ch. 8)
+def activation_frequency(routing: pd.DataFrame, layer: Optional[int] = None,
+                         reduce: str = "mean") -> pd.DataFrame:
+    """Share of a dataset's images that chose each expert, ``count / n_images``.
+
+    Args:
+        routing: columns dataset, branch, layer (1-based), expert (0-based), count, n_images.
+        layer: one block, or None to combine the blocks with ``reduce`` ("mean" or "sum").
+
+    Returns:
+        Long DataFrame: dataset, branch, expert, frequency. A (layer, expert) pair without a
+        row counts as 0, so an expert nobody chose still lowers the mean.
+    """
+    df = routing if layer is None else routing[routing["layer"] == layer]
+    if df.empty:
+        raise ValueError(f"no routing rows for layer={layer}; "
+                         f"layers present: {sorted(routing['layer'].unique())}")
+    n_experts = int(routing["expert"].max()) + 1
+    rows = []
+    for (dataset, branch), g in df.groupby(["dataset", "branch"], sort=False):
+        counts = g.pivot_table(index="layer", columns="expert", values="count", aggfunc="sum")
+        counts = counts.reindex(columns=range(n_experts)).fillna(0.0)  # (layers, E)
+        n_images = g["n_images"].iloc[0]
+        freq = counts / n_images if n_images else counts * np.nan  # no images: undefined
+        per_expert = freq.sum(axis=0) if reduce == "sum" else freq.mean(axis=0)  # (E,)
+        rows += [dict(dataset=dataset, branch=branch, expert=e, frequency=float(per_expert[e]))
+                 for e in range(n_experts)]
+    return pd.DataFrame(rows)
+
+
+def plot_expert_activation(routing: pd.DataFrame, branch: Optional[str] = None,
+                           datasets: Optional[Sequence[str]] = None,
+                           layer: Optional[int] = None, reduce: str = "mean",
+                           *, preset: str, data: str):
+    """Fig. 6 style: activation frequency of E1..EE, bars grouped by dataset, a panel per branch.
+
+    One ``BarContainer`` per dataset (``ax.containers``, label = dataset), bars in expert order,
+    so the heights can be read back. See :func:`activation_frequency` for the arguments.
+    """
+    freq = activation_frequency(routing, layer, reduce)
+    branches = [branch] if branch else [b for b in BRANCHES if b in set(freq["branch"])]
+    datasets = list(datasets) if datasets else list(dict.fromkeys(freq["dataset"]))
+    n_experts, width = int(freq["expert"].max()) + 1, 0.8 / max(1, len(datasets))
+    fig, axes = _grid(len(branches), len(branches), (2 + 0.3 * n_experts * len(datasets), 3.5))
+    palette = sns.color_palette("tab10", len(datasets))
+    where = f"block {layer}" if layer is not None else f"{reduce} over layers"
+    for ax, b in zip(axes, branches):
+        for j, d in enumerate(datasets):
+            f = freq[(freq["branch"] == b) & (freq["dataset"] == d)].set_index("expert")
+            ax.bar(np.arange(n_experts) + (j - (len(datasets) - 1) / 2) * width,
+                   f["frequency"].reindex(range(n_experts)).to_numpy(), width, label=d,
+                   color=palette[j])
+        ax.set_xticks(range(n_experts), [f"E{e + 1}" for e in range(n_experts)])
+        ax.set(title=f"{b} experts ({where})", ylabel="activation frequency")
+        ax.legend(fontsize=8)
+    return _label(fig, preset, data)
+
+
+def plot_expert_tsne(normal_means, abnormal_means, perplexity: Optional[float] = None,
+                     seed: int = 0, labels: Optional[Sequence[str]] = None,
+                     *, preset: str, data: str, ax=None):
+    """Fig. 8: t-SNE of the mean expert embeddings of both pools, one point per expert.
+
+    Args:
+        normal_means, abnormal_means: (n_n, D) and (n_a, D), e.g. layers x E rows each.
+        perplexity: default ``min(5, n - 1)``; any value is clipped below n, as t-SNE needs.
+        labels: n_n + n_a names (normal rows first), e.g. "L1E3", written beside the points.
+            Rows with NaN are dropped together with their names.
+    """
+    from sklearn.manifold import TSNE  # here, not at the top: slow import, one function
+
+    x = np.vstack([np.asarray(normal_means, float), np.asarray(abnormal_means, float)])  # (n, D)
+    pool = np.array(["normal"] * len(normal_means) + ["abnormal"] * len(abnormal_means))
+    names = np.asarray(labels if labels is not None else [""] * len(x), dtype=object)
+    if len(names) != len(x):
+        raise ValueError(f"{len(names)} labels for {len(x)} expert embeddings")
+    keep = np.isfinite(x).all(axis=1)
+    x, pool, names = x[keep], pool[keep], names[keep]
+    if len(x) < 3:
+        raise ValueError(f"t-SNE needs at least 3 finite embeddings, got {len(x)}")
+    perplexity = min(5.0 if perplexity is None else float(perplexity), len(x) - 1.0)
+    # exact gradients: a few hundred points at most, and several times faster than Barnes-Hut
+    xy = TSNE(n_components=2, perplexity=perplexity, random_state=seed, method="exact",
+              init="pca" if x.shape[1] >= 2 else "random").fit_transform(x)  # (n, 2)
+    fig, axis = _axes(ax, (5.0, 4.5))
+    for name, colour in zip(BRANCHES, ("C0", "C3")):
+        axis.scatter(*xy[pool == name].T, c=colour, label=f"{name} experts", s=30)
+    for point, name in zip(xy, names):
+        if name:
+            axis.annotate(str(name), point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set_title(f"t-SNE of mean expert embeddings (perplexity={perplexity:g})")
+    axis.legend(fontsize=8)
+    return _label(fig, preset, data, ax)
+
+
+def plot_routing_weights(weights, expert_labels: Optional[Sequence[str]] = None,
+                         image_titles: Optional[Sequence[str]] = None, kind: str = "heatmap",
+                         *, preset: str, data: str, ax=None):
+    """Per-image router weights over the experts (the instances of Fig. 1).
+
+    Args:
+        weights: (N, E) dense weights, 0 for experts the top-k did not choose (left blank).
+        kind: "heatmap" (adds a colorbar Axes) or "bars" (stacked horizontal bars).
+    """
+    w = np.asarray(weights, dtype=float)  # (N, E)
+    n, e = w.shape
+    experts = list(expert_labels) if expert_labels is not None else [f"E{k + 1}" for k in range(e)]
+    images = list(image_titles) if image_titles is not None else [f"image {i}" for i in range(n)]
+    fig, axis = _axes(ax, (0.7 * e + 2.5, 0.45 * n + 1.8))
+    if kind == "heatmap":
+        sns.heatmap(pd.DataFrame(w, index=images, columns=experts), mask=~(w > 0), ax=axis,
+                    annot=w.size <= 200, fmt=".2f", cmap="viridis", vmin=0, linewidths=0.5,
+                    cbar_kws={"label": "router weight"})
+    elif kind == "bars":
+        left = np.zeros(n)
+        for k, (name, colour) in enumerate(zip(experts, sns.color_palette("tab10", e))):
+            axis.barh(images, np.nan_to_num(w[:, k]), left=left, label=name, color=colour)
+            left += np.nan_to_num(w[:, k])
+        axis.invert_yaxis()
+        axis.legend(fontsize=7, ncol=min(4, e))
+        axis.set_xlabel("router weight")
+    else:
+        raise ValueError(f"kind={kind!r}; choose 'heatmap' or 'bars'")
+    axis.set_title("Router weights per image (blank = expert not chosen)")
+    return _label(fig, preset, data, ax)
+
+
+# ----------------------------------------------------------------------------- results (ch. 6-7)
+def plot_pro_curves(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], fpr_limit: float = 0.3,
+                    *, preset: str, data: str, ax=None):
+    """PRO against FPR, one line per curve; AU-PRO integrates the shaded part up to fpr_limit."""
+    fig, axis = _axes(ax, (5.0, 4.0))
+    axis.axvspan(0, fpr_limit, color="gray", alpha=0.12,
+                 label=f"integrated: FPR \u2264 {fpr_limit:g}")
+    for name, (fprs, pros) in curves.items():
+        fprs, pros = np.asarray(fprs, float), np.asarray(pros, float)
+        ok = np.isfinite(fprs) & np.isfinite(pros)
+        order = np.argsort(fprs[ok], kind="stable")
+        axis.plot(fprs[ok][order], pros[ok][order], label=name)
+    axis.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate",
+             ylabel="per-region overlap", title="PRO curves")
+    axis.legend(fontsize=8)
+    return _label(fig, preset, data, ax)
+
+
+def _paired_bars(ax, names, paper, ours, horizontal=False):
+    """Paper and this-run bars side by side at each position; a NaN value gets no bar."""
+    pos, w = np.arange(len(names)), 0.38
+    bar = ax.barh if horizontal else ax.bar
+    for values, shift, label, colour in ((paper, -w / 2, "paper", "0.6"),
+                                         (ours, w / 2, "this run", "C0")):
+        values = np.asarray(values, dtype=float)
+        ok = np.isfinite(values)
+        ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour),
+                     fmt="%.1f", fontsize=7, padding=1)
+    (ax.set_yticks if horizontal else ax.set_xticks)(pos, names)
+    ax.legend(fontsize=8)
+
+
+def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
+                      *, preset: str, data: str):
+    """Bars of the paper's number beside this run's, per dataset; one panel per metric.
+
+    Args:
+        table: index = datasets, columns ``"<metric> (paper)"`` and ``"<metric> (this run)"`` in
+            percent, as :func:`promptmoe.paper.side_by_side` returns; NaN cells get no bar.
+        metrics: which metrics (default: every metric with a column in ``table``).
+    """
+    if metrics is None:
+        metrics = list(dict.fromkeys(c.rsplit(" (", 1)[0] for c in table if c.endswith(")")))
+    nan = pd.Series(np.nan, index=table.index)
+    fig, axes = _grid(len(metrics), 2, (max(4.0, 0.9 * len(table) + 2), 3.5))
+    for ax, m in zip(axes, metrics):
+        if f"{m} (paper)" not in table and f"{m} (this run)" not in table:
+            raise ValueError(f"no '{m} (paper)' or '{m} (this run)' column in {list(table)}")
+        _paired_bars(ax, list(table.index), table.get(f"{m} (paper)", nan),
+                     table.get(f"{m} (this run)", nan))
+        ax.set(title=m, ylabel="%", ylim=(0, 108))
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.suptitle("Paper vs this run")
+    return _label(fig, preset, data)
+
+
+def plot_ablation(table: pd.DataFrame, metric: str = "", *, preset: str, data: str, ax=None):
+    """Horizontal bars for an ablation: rows = configurations, columns "paper" and "this run" (%)."""
+    fig, axis = _axes(ax, (6.0, 0.6 * len(table) + 1.5))
+    nan = pd.Series(np.nan, index=table.index)
+    _paired_bars(axis, [str(i) for i in table.index], table.get("paper", nan),
+                 table.get("this run", nan), horizontal=True)
+    axis.invert_yaxis()  # first configuration on top, as in the paper's tables
+    axis.set(xlabel=f"{metric} (%)" if metric else "%", xlim=(0, 108),
+             title=f"Ablation: {metric}" if metric else "Ablation")
+    return _label(fig, preset, data, ax)
