@@ -211,10 +211,13 @@ def _pro_compat_from_stats(st: _PixelStats, lo: float, hi: float, max_steps: int
     if st.neg.size == 0 or st.pos.size == 0 or not hi > lo:
         return float("nan")
     lo, hi = np.float32(lo), np.float32(hi)
-    ths = np.arange(lo, hi, (hi - lo) / np.float32(max_steps))  # float32, as their maps are
-    # A pixel is positive when score > th: count the scores above each threshold.
-    fprs = (st.neg.size - np.searchsorted(st.neg, ths, side="right")) / st.neg.size
-    pros = st.pro_tail[np.searchsorted(st.pos, ths, side="right")]
+    ths = np.arange(lo, hi, (hi - lo) / np.float32(max_steps))  # (T,) float64, as np.arange gives
+    # A pixel is positive when score > th. For float32 scores, score > th exactly when score > the
+    # largest float32 <= th; searching with float32 keys avoids a float64 copy of every score.
+    keys = ths.astype(np.float32)
+    keys = np.where(keys > ths, np.nextafter(keys, np.float32(-np.inf)), keys)
+    fprs = (st.neg.size - np.searchsorted(st.neg, keys, side="right")) / st.neg.size
+    pros = st.pro_tail[np.searchsorted(st.pos, keys, side="right")]
     keep = fprs < expect_fpr
     fprs, pros = fprs[keep], pros[keep]
     if fprs.size < 2 or fprs.max() == fprs.min():

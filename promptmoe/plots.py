@@ -1,16 +1,15 @@
 """Plots of the book. Taught in chapters 4-9.
 
-Every function takes plain numpy arrays or pandas tables (this module never imports the model)
-and returns the matplotlib ``Figure``; none calls ``plt.show()``. Single-panel plots take ``ax=``.
-
-The project's rule: a number from the ``tiny`` preset (random CLIP, synthetic data) is plumbing,
-never a result of the method. So every function that draws this run's numbers takes keyword-only
-``preset=`` and ``data=`` with no defaults (forgetting them is an error) and writes
-:func:`run_label` under the figure, or into the title when drawing on a caller's ``ax``.
+Inputs are plain numpy arrays and pandas tables (this module never imports the model); every
+function returns the ``Figure`` and never calls ``plt.show()``. Single-panel plots take ``ax=``.
+A ``tiny``-preset number is plumbing, never a result: every plot of this run's numbers takes
+keyword-only ``preset=`` and ``data=`` (no defaults) and writes :func:`run_label` under the
+figure, or into the title when drawing on a caller's ``ax``.
 """
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from typing import Mapping, Optional, Sequence, Tuple
 
@@ -38,10 +37,13 @@ def _label(fig, preset: str, data: str, caller_ax=None):
         title = caller_ax.get_title()
         caller_ax.set_title(f"{title}\n{label}" if title else label, fontsize=8)
         return fig
+    # wrap to the figure's width (~14 characters per inch at 8 pt): a narrow plot must not crop it
+    lines = textwrap.wrap(label, max(20, int(fig.get_figwidth() * 14)))
     with warnings.catch_warnings():  # tight_layout warns on colorbars and legends: cosmetic
         warnings.simplefilter("ignore")
-        fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.text(0.5, 0.01, label, ha="center", va="bottom", fontsize=8, color="dimgray")
+        fig.tight_layout(rect=(0, (0.15 + 0.15 * len(lines)) / fig.get_figheight(), 1, 1))
+    fig.text(0.5, 0.05 / fig.get_figheight(), "\n".join(lines), ha="center", va="bottom",
+             fontsize=8, color="dimgray")
     return fig
 
 
@@ -69,16 +71,11 @@ def _smooth(series: pd.Series, window: int) -> pd.Series:
 # ----------------------------------------------------------------------------- training (ch. 5)
 def plot_loss_curves(log, terms: Sequence[str] = LOSS_TERMS, smooth: int = 1,
                      show_lr: bool = True, *, preset: str, data: str):
-    """One panel per loss term against the training step, dotted lines at new epochs.
+    """One panel per loss term against the step (+1 for ``lr``), dotted lines at new epochs.
 
-    Args:
-        log: DataFrame or CSV path, one row per step: step, epoch, lr and the terms
-            (``balance`` and ``decouple`` unweighted).
-        smooth: rolling-mean window in steps (1 = raw); the raw curve stays faint behind.
-        show_lr: add a last panel with the learning rate (if ``lr`` is logged).
-
-    Returns:
-        Figure with ``len(terms)`` Axes (+1 for lr).
+    ``log`` is a DataFrame or CSV path, one row per step: step, epoch, lr and the terms
+    (``balance`` and ``decouple`` unweighted). ``smooth`` is a rolling-mean window in steps;
+    the raw curve stays faint behind the smoothed one.
     """
     df = log if isinstance(log, pd.DataFrame) else pd.read_csv(log)
     missing = [c for c in ("step", *terms) if c not in df.columns]
@@ -103,9 +100,7 @@ def plot_decouple_dynamics(logs: Mapping[str, pd.DataFrame], smooth: int = 1,
                            *, preset: str, data: str):
     """Fig. 7 style: L_balance and L_decouple against the step, one line per run.
 
-    Args:
-        logs: ``{run name: loss log}``; a name with "without" or "w/o" is drawn dashed (the
-            paper's run without L_decouple), the others solid.
+    ``logs`` maps run name -> loss log; a name with "without" or "w/o" is drawn dashed.
     """
     fig, axes = _grid(2, ncols=2, size=(5.0, 3.5))
     for i, (name, log) in enumerate(logs.items()):
@@ -136,13 +131,8 @@ def _as_uint8(image) -> np.ndarray:
 def overlay(image, amap, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """Blend a colour-mapped anomaly map onto an image: ``(1 - alpha) image + alpha cmap(amap)``.
 
-    Args:
-        image: (H, W, 3) uint8 (or float in [0, 1], or (H, W) grey).
-        amap: (H, W) float in [0, 1]; values outside are clipped, NaN pixels keep the image.
-        alpha: weight of the colour map (0 = image only, 1 = colour map only).
-
-    Returns:
-        (H, W, 3) uint8.
+    ``image`` is (H, W, 3) uint8 (or float in [0, 1], or (H, W) grey); ``amap`` is (H, W) in
+    [0, 1], clipped, and its NaN pixels keep the image. Returns (H, W, 3) uint8.
     """
     image, amap = _as_uint8(image), np.asarray(amap, dtype=np.float64)
     if amap.shape != image.shape[:2]:
@@ -174,8 +164,7 @@ def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str
         titles, scores: per-sample column titles and image scores (``pred_score``).
         ncols: samples per block of rows (default: all N side by side).
 
-    Returns:
-        Figure with ``rows * ceil(N / ncols) * ncols`` Axes, rows = 3 (2 without masks).
+    Returns a figure of ``rows * ceil(N / ncols) * ncols`` Axes, rows = 3 (2 without masks).
     """
     n = len(images)
     if len(maps) != n:
@@ -199,6 +188,7 @@ def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str
         axes[top, col].set_title(head, fontsize=8)
         if masks is not None and masks[i] is None:
             axes[top + 1, col].text(0.5, 0.5, "no mask", ha="center", va="center")
+            axes[top + 1, col].set_facecolor("0.85")  # not white: white means "all anomalous"
         elif masks is not None:
             axes[top + 1, col].imshow(np.asarray(masks[i], float), cmap="gray", vmin=0, vmax=1)
         axes[top + len(rows) - 1, col].imshow(overlay(images[i], maps[i], alpha, cmap))
@@ -208,7 +198,7 @@ def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str
 def plot_similarity_maps(image, maps: Mapping[str, np.ndarray], *, preset: str, data: str,
                          cmap: str = "jet"):
     """One row: the image, then each map on its own colour scale (chapter 2, layer by layer)."""
-    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)), 3.0),
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)), 3.5),
                              squeeze=False)
     axes[0, 0].imshow(_as_uint8(image))
     for ax, amap in zip(axes[0, 1:], maps.values()):
@@ -224,13 +214,9 @@ def activation_frequency(routing: pd.DataFrame, layer: Optional[int] = None,
                          reduce: str = "mean") -> pd.DataFrame:
     """Share of a dataset's images that chose each expert, ``count / n_images``.
 
-    Args:
-        routing: columns dataset, branch, layer (1-based), expert (0-based), count, n_images.
-        layer: one block, or None to combine the blocks with ``reduce`` ("mean" or "sum").
-
-    Returns:
-        Long DataFrame: dataset, branch, expert, frequency. A (layer, expert) pair without a
-        row counts as 0, so an expert nobody chose still lowers the mean.
+    ``routing`` has columns dataset, branch, layer (1-based), expert (0-based), count, n_images;
+    ``layer`` picks one block, None combines the blocks by ``reduce`` ("mean" or "sum"). A
+    missing (layer, expert) row counts 0. Returns dataset, branch, expert, frequency rows.
     """
     df = routing if layer is None else routing[routing["layer"] == layer]
     if df.empty:
@@ -315,33 +301,20 @@ def plot_expert_tsne(normal_means, abnormal_means, perplexity: Optional[float] =
 
 
 def plot_routing_weights(weights, expert_labels: Optional[Sequence[str]] = None,
-                         image_titles: Optional[Sequence[str]] = None, kind: str = "heatmap",
+                         image_titles: Optional[Sequence[str]] = None,
                          *, preset: str, data: str, ax=None):
-    """Per-image router weights over the experts (the instances of Fig. 1).
+    """Heatmap of per-image router weights (the instances of Fig. 1), plus a colorbar Axes.
 
-    Args:
-        weights: (N, E) dense weights, 0 for experts the top-k did not choose (left blank).
-        kind: "heatmap" (adds a colorbar Axes) or "bars" (stacked horizontal bars).
+    ``weights`` is (N, E), 0 for the experts the top-k did not choose: those cells stay blank.
     """
-    w = np.asarray(weights, dtype=float)  # (N, E)
-    n, e = w.shape
+    w = np.asarray(weights, dtype=float)
+    n, e = w.shape  # (N, E)
     experts = list(expert_labels) if expert_labels is not None else [f"E{k + 1}" for k in range(e)]
     images = list(image_titles) if image_titles is not None else [f"image {i}" for i in range(n)]
     fig, axis = _axes(ax, (0.7 * e + 2.5, 0.45 * n + 1.8))
-    if kind == "heatmap":
-        sns.heatmap(pd.DataFrame(w, index=images, columns=experts), mask=~(w > 0), ax=axis,
-                    annot=w.size <= 200, fmt=".2f", cmap="viridis", vmin=0, linewidths=0.5,
-                    cbar_kws={"label": "router weight"})
-    elif kind == "bars":
-        left = np.zeros(n)
-        for k, (name, colour) in enumerate(zip(experts, sns.color_palette("tab10", e))):
-            axis.barh(images, np.nan_to_num(w[:, k]), left=left, label=name, color=colour)
-            left += np.nan_to_num(w[:, k])
-        axis.invert_yaxis()
-        axis.legend(fontsize=7, ncol=min(4, e))
-        axis.set_xlabel("router weight")
-    else:
-        raise ValueError(f"kind={kind!r}; choose 'heatmap' or 'bars'")
+    sns.heatmap(pd.DataFrame(w, index=images, columns=experts), mask=~(w > 0), ax=axis,
+                annot=w.size <= 200, fmt=".2f", cmap="viridis", vmin=0, linewidths=0.5,
+                cbar_kws={"label": "router weight"})
     axis.set_title("Router weights per image (blank = expert not chosen)")
     return _label(fig, preset, data, ax)
 
@@ -403,7 +376,7 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
 
 
 def plot_ablation(table: pd.DataFrame, metric: str = "", *, preset: str, data: str, ax=None):
-    """Horizontal bars for an ablation: rows = configurations, columns "paper" and "this run" (%)."""
+    """Horizontal bars: rows = configurations, columns "paper" and "this run" (percent)."""
     fig, axis = _axes(ax, (6.0, 0.6 * len(table) + 1.5))
     nan = pd.Series(np.nan, index=table.index)
     _paired_bars(axis, [str(i) for i in table.index], table.get("paper", nan),

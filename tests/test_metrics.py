@@ -216,6 +216,22 @@ def test_pro_compat_matches_slow_reference(seed, decimals):
         ref_pro_compat(masks, maps, max_steps=50), abs=1e-10)
 
 
+def test_pro_compat_scores_on_threshold_boundaries():
+    # Thresholds are float64 (np.arange); put float32 scores right at, just above and just below
+    # each one, where a float32 comparison and a float64 one could disagree.
+    ths = np.arange(np.float32(0), np.float32(1), np.float32(1) / np.float32(200))
+    near = ths.astype(np.float32)
+    vals = np.concatenate([near, np.nextafter(near, np.float32(2)), np.nextafter(near, np.float32(-1)),
+                           [np.float32(1)]])
+    rng = np.random.default_rng(11)
+    vals = rng.permutation(np.resize(vals, 4 * 16 * 16)).astype(np.float32)
+    maps = np.clip(vals, 0, 1).reshape(4, 16, 16)
+    maps[0, 0, 0], maps[0, 0, 1] = 0.0, 1.0
+    masks, _ = blob_data(n=4, h=16, w=16, seed=11)
+    maps = np.where(masks == 1, np.sqrt(maps), maps).astype(np.float32)
+    assert M.pro_compat(masks, maps) == pytest.approx(ref_pro_compat(masks, maps), abs=1e-10)
+
+
 def test_perfect_separation_gives_one_for_both_pro():
     rng = np.random.default_rng(7)
     masks, _ = blob_data(n=4, h=12, w=12, seed=7)

@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -24,8 +25,9 @@ def close_figures(monkeypatch):
 
 
 def texts(fig):
-    """Every caption, suptitle and Axes title of a figure."""
-    return [t.get_text() for t in fig.texts] + [ax.get_title() for ax in fig.axes]
+    """Every caption, suptitle and Axes title of a figure, line breaks made spaces (wrapping)."""
+    raw = [t.get_text() for t in fig.texts] + [ax.get_title() for ax in fig.axes]
+    return [" ".join(t.split()) for t in raw]
 
 
 def assert_labelled(fig, preset="tiny", data="synthetic/unseen"):
@@ -53,8 +55,9 @@ def routing_table():
                 for expert in range(4):
                     if (expert + layer) % 3 == 0:
                         continue  # experts nobody chose have no row: they must count as 0
+                    count = (expert * 3 + layer) % (n_images + 1)
                     rows.append(dict(dataset=dataset, branch=branch, layer=layer, expert=expert,
-                                     count=(expert * 3 + layer) % (n_images + 1), n_images=n_images))
+                                     count=count, n_images=n_images))
     return pd.DataFrame(rows)
 
 
@@ -66,15 +69,34 @@ def test_run_label_marks_tiny_only():
     assert plots.run_label("paper", "MVTec AD") == "this run: preset=paper, data=MVTec AD"
 
 
+def every_plot():
+    """One small call of each plotting function, keyword arguments still to come."""
+    image, amap = RNG.random((8, 8, 3)), RNG.random((8, 8))
+    table = pd.DataFrame({"image_auroc (paper)": [93.8], "image_auroc (this run)": [50.0]},
+                         index=["MVTec AD"])
+    return {
+        "loss": lambda **kw: plots.plot_loss_curves(loss_log(), **kw),
+        "decouple": lambda **kw: plots.plot_decouple_dynamics({"with": loss_log()}, **kw),
+        "maps": lambda **kw: plots.show_maps([image], [amap], [None], **kw),
+        "similarity": lambda **kw: plots.plot_similarity_maps(image, {"block 1": amap}, **kw),
+        "activation": lambda **kw: plots.plot_expert_activation(routing_table(), **kw),
+        "tsne": lambda **kw: plots.plot_expert_tsne(RNG.random((4, 3)), RNG.random((4, 3)), **kw),
+        "routing": lambda **kw: plots.plot_routing_weights(RNG.random((2, 4)), **kw),
+        "pro": lambda **kw: plots.plot_pro_curves({"a": ([0, 0.5, 1], [0, 0.8, 1])}, **kw),
+        "side_by_side": lambda **kw: plots.plot_side_by_side(table, **kw),
+        "ablation": lambda **kw: plots.plot_ablation(pd.DataFrame({"paper": [1.0]}), **kw),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(every_plot()))
 @pytest.mark.parametrize("preset", ["tiny", "paper"])
-def test_label_on_every_figure(preset):
-    fig = plots.plot_pro_curves({"a": ([0, 0.5, 1], [0, 0.8, 1])}, preset=preset, data="synthetic/unseen")
+def test_every_plot_says_which_run(name, preset):
+    draw = every_plot()[name]
+    fig = draw(preset=preset, data="synthetic/unseen")
+    assert isinstance(fig, matplotlib.figure.Figure)
     assert_labelled(fig, preset)
-
-
-def test_preset_and_data_are_required():
-    with pytest.raises(TypeError):
-        plots.plot_pro_curves({"a": ([0, 1], [0, 1])})
+    with pytest.raises(TypeError):  # no defaults: a chapter cannot forget to say which run
+        draw(data="synthetic/unseen")
 
 
 # ----------------------------------------------------------------------------- training
@@ -90,7 +112,8 @@ def test_loss_curves(tmp_path):
     assert_labelled(fig, "paper", "MVTec AD")
     # smoothing: the drawn curve is the rolling mean, NaN step skipped
     log = loss_log()
-    fig = plots.plot_loss_curves(log, terms=("dice",), smooth=2, show_lr=False, preset="tiny", data="x")
+    fig = plots.plot_loss_curves(log, terms=("dice",), smooth=2, show_lr=False, preset="tiny",
+                                 data="x")
     drawn = fig.axes[0].lines[1].get_ydata()
     np.testing.assert_allclose(drawn, log["dice"].rolling(2, min_periods=1).mean())
 
@@ -155,7 +178,7 @@ def test_similarity_maps():
 
 # ----------------------------------------------------------------------------- experts
 def expected_frequency(routing, dataset, branch, layer=None):
-    """Hand computation: per layer count / n_images with missing experts 0, then mean over layers."""
+    """By hand: per layer count / n_images (missing experts 0), then the mean over layers."""
     rows = routing[(routing.dataset == dataset) & (routing.branch == branch)]
     layers = [layer] if layer else sorted(rows.layer.unique())
     freq = np.zeros((len(layers), 4))
@@ -195,7 +218,8 @@ def test_expert_tsne_small_n(n):
     normal, abnormal = RNG.normal(size=(n, 6)), RNG.normal(3, size=(n, 6))
     abnormal[0] = np.nan  # dropped, not fatal
     labels = [f"N{i}" for i in range(n)] + [f"A{i}" for i in range(n)]
-    fig = plots.plot_expert_tsne(normal, abnormal, labels=labels, preset="tiny", data="synthetic/seen")
+    fig = plots.plot_expert_tsne(normal, abnormal, labels=labels, preset="tiny",
+                                 data="synthetic/seen")
     assert len(fig.axes) == 1
     ax = fig.axes[0]
     assert sum(len(c.get_offsets()) for c in ax.collections) == 2 * n - 1
@@ -204,17 +228,19 @@ def test_expert_tsne_small_n(n):
     assert_labelled(fig, data="synthetic/seen")
 
 
-def test_routing_weights_heatmap_and_bars():
+def test_routing_weights_heatmap():
     w = np.zeros((3, 8))
     w[np.arange(3)[:, None], [[0, 2, 4, 6], [1, 2, 3, 4], [5, 6, 7, 0]]] = 0.25
     fig = plots.plot_routing_weights(w, image_titles=["a", "b", "c"], preset="tiny", data="x")
     assert len(fig.axes) == 2  # heatmap + colorbar
     assert_labelled(fig, data="x")
-    fig = plots.plot_routing_weights(w, kind="bars", preset="tiny", data="x")
-    assert len(fig.axes) == 1 and len(fig.axes[0].patches) == w.size
+    heatmap = fig.axes[0].collections[0].get_array()
+    assert np.ma.count(heatmap) == 12  # only the chosen experts are coloured
+    np.testing.assert_allclose(heatmap.compressed(), 0.25)
     fig, ax = plt.subplots()
-    assert plots.plot_routing_weights(w, kind="bars", preset="tiny", data="x", ax=ax) is fig
-    assert plots.run_label("tiny", "x") in ax.get_title()
+    assert plots.plot_routing_weights(w, preset="paper", data="x", ax=ax) is fig
+    assert plots.run_label("paper", "x") in ax.get_title()  # caller's Axes: label in the title
+    assert not fig.texts
 
 
 # ----------------------------------------------------------------------------- results
@@ -250,7 +276,8 @@ def test_side_by_side_omits_nan():
 
 
 def test_ablation_horizontal_bars():
-    table = pd.DataFrame({"paper": [91.7, 92.2, 93.1, 93.8], "this run": [50.0, np.nan, 52.0, 53.0]},
+    table = pd.DataFrame({"paper": [91.7, 92.2, 93.1, 93.8],
+                          "this run": [50.0, np.nan, 52.0, 53.0]},
                          index=["Static Prompt", "+ Static Ensemble", "+ VGMoP", "PromptMoE"])
     fig = plots.plot_ablation(table, "I-AUC (MVTec AD)", preset="tiny", data="synthetic/unseen")
     ax = fig.axes[0]
@@ -258,3 +285,13 @@ def test_ablation_horizontal_bars():
     assert widths == {"paper": [91.7, 92.2, 93.1, 93.8], "this run": [50.0, 52.0, 53.0]}
     assert [t.get_text() for t in ax.get_yticklabels()] == list(table.index)
     assert_labelled(fig)
+
+
+def test_side_by_side_reads_paper_module_table():
+    from promptmoe import paper
+
+    ours = {"mvtec": {"image_auroc": 0.5}, "synthetic": {"image_auroc": 0.7}}
+    table = paper.side_by_side(ours, strict=False)  # no paper number for "synthetic"
+    fig = plots.plot_side_by_side(table, preset="tiny", data="synthetic/unseen")
+    heights = {c.get_label(): [p.get_height() for p in c.patches] for c in fig.axes[0].containers}
+    assert heights == {"paper": [93.8], "this run": [50.0, 70.0]}

@@ -1,0 +1,119 @@
+"""Helpers shared by the book's chapters: one setup call, data locations, run folders.
+
+Every chapter starts with :func:`chapter_setup`, which picks the preset in one place
+(:func:`promptmoe.runtime.default_preset`), seeds everything, and prints which preset and data
+the chapter's numbers come from. In quick mode (the ``tiny`` preset) the data is the synthetic
+set generated offline; with the ``paper`` preset the real datasets are looked up under
+``PROMPTMOE_DATA`` (one folder per dataset key: ``$PROMPTMOE_DATA/mvtec``, ``.../visa`` ...).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import PromptMoEConfig
+from .runtime import default_preset, get_device, is_quick, set_seed
+
+DATA_ENV = "PROMPTMOE_DATA"
+RUNS_ENV = "PROMPTMOE_RUNS"
+QUICK_NOTE = ("quick mode: a random-init tiny CLIP on synthetic data. Numbers below show that "
+              "the code runs end to end; they are NOT results of the method. The paper's numbers "
+              "are shown beside them.")
+
+
+def data_home() -> Path:
+    """Root of the datasets: ``$PROMPTMOE_DATA`` or ``~/promptmoe_data``."""
+    return Path(os.environ.get(DATA_ENV, Path.home() / "promptmoe_data")).expanduser()
+
+
+def runs_home() -> Path:
+    """Where chapters write checkpoints and reports: ``$PROMPTMOE_RUNS`` or ``./runs``."""
+    return Path(os.environ.get(RUNS_ENV, "runs")).expanduser()
+
+
+def synthetic_root(seed: int = 0, size: int = 128) -> Path:
+    """The offline synthetic dataset (generated on first use, reused afterwards)."""
+    from .data.synthetic import make_synthetic
+
+    root = data_home() / f"synthetic_s{seed}_{size}"
+    make_synthetic(root, seed=seed, size=size, progress=False)
+    return root
+
+
+def find_dataset(key: str) -> Optional[Path]:
+    """``$PROMPTMOE_DATA/<key>`` if it exists; otherwise print how to get it and return None."""
+    root = data_home() / key
+    if root.is_dir() and any(root.iterdir()):
+        return root
+    from .data import DATASETS
+
+    fmt = DATASETS[key]
+    how = getattr(fmt, "INSTRUCTIONS", "") or f"see the layout below\n{fmt.LAYOUT}"
+    print(f"[{key}] not found at {root}. To use it: {how}".strip())
+    return None
+
+
+def fresh_dir(name: str) -> Path:
+    """An empty run folder ``runs_home()/name`` (chapters re-run from scratch)."""
+    path = runs_home() / name
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass
+class Chapter:
+    """What a chapter needs to know about where it runs."""
+
+    preset: str
+    config: PromptMoEConfig
+    device: torch.device
+    quick: bool
+    data: str  # words for plots and tables: which data the numbers come from
+
+    def label(self) -> dict:
+        return {"preset": self.preset, "data": self.data}
+
+
+def chapter_setup(seed: int = 0, **overrides) -> Chapter:
+    """Pick the preset, seed everything, and say plainly what the chapter's numbers are."""
+    preset = default_preset()
+    config = PromptMoEConfig.from_preset(preset, seed=seed, **overrides)
+    set_seed(seed)
+    device = get_device(verbose=True)
+    quick = is_quick(preset)
+    data = "synthetic (generated offline)" if quick else "real datasets under " + str(data_home())
+    print(f"preset: {preset} ({config.clip_model}, {config.image_size} px, blocks {config.layers})")
+    print(f"device: {device}; data: {data}")
+    if quick:
+        print("NOTE:", QUICK_NOTE)
+    return Chapter(preset, config, device, quick, data)
+
+
+def check(name: str, value, expected) -> None:
+    """Print ``name: value`` for the reader and fail loudly if it is not ``expected``.
+
+    Chapters are stored without outputs, so nbval has no stored output to compare against;
+    cells that show a shape or a check call this instead, and CI fails when it does not hold.
+    """
+    if isinstance(value, torch.Size):
+        value = tuple(value)
+    if isinstance(expected, torch.Size):
+        expected = tuple(expected)
+    ok = value == expected if not torch.is_tensor(value) else bool(torch.equal(value, expected))
+    print(f"{name}: {value}  {'ok' if ok else 'MISMATCH, expected ' + repr(expected)}")
+    if not ok:
+        raise AssertionError(f"{name} is {value!r}, expected {expected!r}")
+
+
+def check_close(name: str, a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Like :func:`check` for tensors that must agree to floating-point precision."""
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+    diff = (a - b).abs().max().item() if a.numel() else 0.0
+    print(f"{name}: equal (max abs difference {diff:.1e})  ok")
