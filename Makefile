@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 # On this machine kind the matching CPU-runnable torch/torchvision pair is installed first;
 # requirements.txt itself only asks for ranges so Colab keeps its own torch.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
-QUICK  := HF_HUB_OFFLINE=1 PROMPTMOE_PRESET=$${PROMPTMOE_PRESET:-tiny} MPLBACKEND=Agg
+QUICK  := HF_HUB_OFFLINE=1 PROMPTMOE_PRESET=$${PROMPTMOE_PRESET:-tiny}
 
 .PHONY: setup test unit notebooks book clean
 

@@ -193,7 +193,7 @@ class FrozenCLIP(nn.Module):
             embeds = F.pad(embeds, (0, 0, 0, n_ctx - L))  # zero rows after EOT: the full 77
             L = n_ctx
         x = embeds + clip.positional_embedding[:L]  # (N, L, W)
-        mask = clip.attn_mask[:L, :L] if clip.attn_mask is not None else None
+        mask = clip.attn_mask[:L, :L].contiguous() if clip.attn_mask is not None else None
         x = clip.transformer(x, attn_mask=mask)  # (N, L, W)
         x = clip.ln_final(x)
         x = x[torch.arange(N, device=x.device), eot_index]  # (N, W): features at EOT

@@ -41,7 +41,15 @@ def synthetic_root(seed: int = 0, size: int = 128) -> Path:
     from .data.synthetic import make_synthetic
 
     root = data_home() / f"synthetic_s{seed}_{size}"
-    make_synthetic(root, seed=seed, size=size, progress=False)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # chapters may run in parallel (pytest -n, two builds): one writer, the others wait for it
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        try:
+            import fcntl  # POSIX only; elsewhere chapters simply run one at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        make_synthetic(root, seed=seed, size=size, progress=False)
     return root
 
 

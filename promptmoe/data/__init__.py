@@ -1,6 +1,6 @@
 """Datasets: one file per on-disk format, one registry, one loader.
 
-Taught in the data chapter (``book/02_data``). Each format exposes ``NAME``, ``CATEGORIES``,
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). Each format exposes ``NAME``, ``CATEGORIES``,
 ``LAYOUT``, ``EXPECTED_COUNTS`` (the paper's test-set counts, where known) and
 ``find_samples(root, categories=None, split="test") -> list[SampleRecord]``; :func:`load_dataset`
 turns those records into an :class:`AnomalyDataset`::
@@ -49,7 +49,7 @@ DATASETS = {
     "headct": headct, "brainmri": brainmri, "br35h": br35h, "isic": isic,
     **polyp.FORMATS,  # clinicdb, colondb, kvasir, endo
     "meta_json": meta_json, "folder": folder,
-    "synthetic": _LazyFormat("promptmoe.data.synthetic"),  # written by the synthetic-defect chapter
+    "synthetic": _LazyFormat("promptmoe.data.synthetic"),  # the offline quick-mode data
 }
 
 # The 15 evaluation datasets in the order of the paper's Table 1.

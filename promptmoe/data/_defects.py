@@ -1,6 +1,6 @@
 """Seven kinds of synthetic defect, each returned with its exact pixel mask.
 
-Taught in the data chapter (``book/02_data``), which shows one image per kind. :func:`make_defect`
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets), which shows one image per kind. :func:`make_defect`
 draws a defect on a copy of an RGB image and returns ``(image, mask)`` where ``mask`` is exactly the
 set of pixels whose value changed by more than :data:`CHANGE_THRESHOLD` (on the 0-255 scale, in any
 channel); every pixel outside the mask equals the input, bit for bit. So the ground truth never

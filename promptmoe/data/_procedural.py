@@ -1,7 +1,7 @@
 """Procedural base pictures for the synthetic dataset: a weave, a perforated plate, a nut, a PCB,
 a capsule and a bottle top, each a (n, n, 3) float image in [0, 1].
 
-Taught in the data chapter (``book/02_data``) with :mod:`promptmoe.data.synthetic`, which varies
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets) with :mod:`promptmoe.data.synthetic`, which varies
 each picture per sample (crop, rotation, light, noise). Each uses a fixed random stream, so a
 category always shows the same object: the seed varies the samples, not the object.
 """

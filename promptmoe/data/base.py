@@ -1,6 +1,6 @@
 """Shared pieces of every dataset loader: records, robust image/mask reading, the torch Dataset.
 
-Taught in the data chapter (``book/02_data``). Every on-disk format (``mvtec.py``, ``visa.py``, ...)
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). Every on-disk format (``mvtec.py``, ``visa.py``, ...)
 only *finds* files and returns a list of :class:`SampleRecord`; everything that opens a file lives
 here, so one set of rules (RGB conversion, mask binarisation ``> 0``, CLIP normalisation) holds for
 all 15 datasets.

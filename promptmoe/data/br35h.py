@@ -1,6 +1,6 @@
 """Br35H: 3000 brain MR slices, ``yes`` (tumour) / ``no``; image-level labels only.
 
-Taught in the data chapter (``book/02_data``). The Kaggle archive also has a ``pred/`` folder of
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). The Kaggle archive also has a ``pred/`` folder of
 unlabelled images; it is ignored.
 """
 from __future__ import annotations

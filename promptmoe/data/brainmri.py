@@ -1,6 +1,6 @@
 """BrainMRI: brain MR slices sorted into ``yes`` (tumour) and ``no``; image-level labels only.
 
-Taught in the data chapter (``book/02_data``). :func:`find_yes_no` is shared with Br35H.
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). :func:`find_yes_no` is shared with Br35H.
 """
 from __future__ import annotations
 

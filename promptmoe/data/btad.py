@@ -1,6 +1,6 @@
 """BTAD (BeanTech Anomaly Detection): the MVTec layout with ``ok`` / ``ko`` folders.
 
-Taught in the data chapter (``book/02_data``). Masks are ``.png`` for some products and
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). Masks are ``.png`` for some products and
 ``.bmp`` for others; pairing by stem handles both.
 """
 from __future__ import annotations

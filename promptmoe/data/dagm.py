@@ -1,6 +1,6 @@
 """DAGM 2007: ten synthetic texture classes; an image is anomalous exactly when it has a label file.
 
-Taught in the data chapter (``book/02_data``). The labels are rough ellipses around each defect,
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). The labels are rough ellipses around each defect,
 so pixel metrics on DAGM are coarser than on MVTec AD.
 """
 from __future__ import annotations

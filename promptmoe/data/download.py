@@ -1,6 +1,6 @@
 """Download and unpack the datasets that have a public direct link; print manual steps for the rest.
 
-Taught in the data chapter (``book/02_data``). Three safety rules: a download is written to a
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). Three safety rules: a download is written to a
 temporary file and renamed only once complete (and, with a checksum, verified), so an interrupted
 or corrupted download never looks finished; archive members that would land outside the target
 folder (absolute paths, ``..``, links pointing out) are refused before anything is written.

@@ -1,6 +1,6 @@
 """A plain folder of a reader's own images, with optional masks.
 
-Taught in the data chapter (``book/02_data``) and used by ``promptmoe predict``. Rules:
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets) and used by ``promptmoe predict``. Rules:
 
 * images in subfolders get labels from the folder name: ``good`` / ``normal`` / ``ok`` -> 0,
   any other subfolder (``scratch``, ``bad``, ...) -> 1;

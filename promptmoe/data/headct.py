@@ -1,6 +1,6 @@
 """HeadCT: 200 head CT slices, 100 with haemorrhage; image-level labels only.
 
-Taught in the data chapter (``book/02_data``). Two layouts are accepted: the MVTec-style copy the
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). Two layouts are accepted: the MVTec-style copy the
 zero-shot papers use (``brain/test/{good,<abnormal>}``) and Kaggle's original
 (``head_ct/*.png`` + ``labels.csv`` with columns ``id, hemorrhage``).
 """

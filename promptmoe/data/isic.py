@@ -1,6 +1,6 @@
 """ISIC 2016 (Part 1, lesion segmentation test set): every image shows a lesion, so all are anomalous.
 
-Taught in the data chapter (``book/02_data``). With no normal images, image AUROC is undefined on
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). With no normal images, image AUROC is undefined on
 ISIC; only the pixel metrics are reported (as in the paper).
 """
 from __future__ import annotations

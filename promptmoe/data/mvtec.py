@@ -1,6 +1,6 @@
 """MVTec AD, and the MVTec folder layout that MPDD, BTAD, SDD, DTD-Synthetic and our synthetic set share.
 
-Taught in the data chapter (``book/02_data``). The layout is
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). The layout is
 ``{category}/{split}/{defect}/*.png`` with ``good`` as the normal folder and masks at
 ``{category}/ground_truth/{defect}/{stem}_mask.png``.
 """

@@ -1,6 +1,6 @@
 """Polyp segmentation sets: CVC-ClinicDB, CVC-ColonDB, Kvasir-SEG and Endo (EndoTect).
 
-Taught in the data chapter (``book/02_data``). All four share one layout, ``images/`` + ``masks/``
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). All four share one layout, ``images/`` + ``masks/``
 paired by stem, and every image shows a polyp (all anomalous: pixel metrics only). They are four
 registry entries but one loader, so each is a :class:`PolypFormat` object with the same
 attributes a format module has (NAME, CATEGORIES, LAYOUT, EXPECTED_COUNTS, find_samples).

@@ -1,6 +1,6 @@
 """A synthetic anomaly dataset in the MVTec AD layout, built offline in seconds.
 
-Taught in the data chapter (``book/02_data``). Quick mode needs data that a fresh machine can make
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). Quick mode needs data that a fresh machine can make
 without a download: each category is one base picture (a texture or object photo that ships inside
 scikit-image, or a small procedural drawing: nut, PCB, weave, pill, ...), and its images differ by
 crop, small rotation, flips, lighting and noise. Defective test images get one defect from

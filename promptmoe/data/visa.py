@@ -1,6 +1,6 @@
 """VisA (Visual Anomaly), read through the official ``split_csv/1cls.csv``.
 
-Taught in the data chapter (``book/02_data``). VisA masks store small class ids (1, 2, ...),
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). VisA masks store small class ids (1, 2, ...),
 so they look black in a viewer: :func:`promptmoe.data.base.load_mask` binarises them with ``> 0``.
 """
 from __future__ import annotations
