@@ -96,6 +96,10 @@ def chapter_setup(seed: int = 0, **overrides) -> Chapter:
     set_seed(seed)
     device = get_device(verbose=True)
     quick = is_quick(preset)
+    if quick and device.type == "cpu":
+        # the tiny model's ops are too small to gain from threads; two OpenMP threads on a busy
+        # 2-core machine made training 10-20x slower
+        torch.set_num_threads(1)
     data = "synthetic (generated offline)" if quick else "real datasets under " + str(data_home())
     print(f"preset: {preset} ({config.clip_model}, {config.image_size} px, blocks {config.layers})")
     print(f"device: {device}; data: {data}")

@@ -202,7 +202,7 @@ def _au_pro_from_stats(st: _PixelStats, fpr_limit: float) -> float:
                 y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
                 area += 0.5 * (y0 + y_lim) * (fpr_limit - x0)
             break
-    return area / fpr_limit
+    return float(area / fpr_limit)  # a Python float, like the other metrics
 
 
 def _pro_compat_from_stats(st: _PixelStats, lo: float, hi: float, max_steps: int,

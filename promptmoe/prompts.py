@@ -179,8 +179,10 @@ class VGMoP(nn.Module):
         self.layers = nn.ModuleList(VGMoPLayer(cfg, dim, visual_dim) for _ in range(cfg.n_prompt_layers))
 
     def expert_pools(self) -> List[torch.Tensor]:
-        """Every distinct (E, M, D) pool, for the decoupling loss and the t-SNE plot."""
-        return [p for layer in self.layers for p in layer.pool.values()]
+        """Every distinct (E, M, D) pool, layer by layer, normal before abnormal (one shared pool
+        per layer with ``share_pool``), for the decoupling loss and the t-SNE plot."""
+        keys = ("shared",) if self.cfg.share_pool else BRANCHES
+        return [layer.pool[k] for layer in self.layers for k in keys]
 
     def forward(self, visual_tokens: List[torch.Tensor]) -> PromptOutput:
         """visual_tokens: per feature layer (B, HW+1, D_x) = [patches ; F_cls]."""

@@ -83,7 +83,10 @@ def test_branches_and_layers_have_distinct_parameters():
     assert layer.router["normal"] is not layer.router["abnormal"]
     assert layer.pool["normal"] is not layer.pool["abnormal"]
     assert vg.layers[0].pool["normal"] is not vg.layers[1].pool["normal"]
-    assert len(vg.expert_pools()) == 2 * 4
+    pools = vg.expert_pools()
+    assert len(pools) == 2 * 4
+    assert pools[0] is vg.layers[0].pool["normal"] and pools[1] is vg.layers[0].pool["abnormal"]
+    assert pools[6] is vg.layers[3].pool["normal"]
 
 
 def test_sharing_ablations_share_what_they_say():
