@@ -406,11 +406,14 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
 
 
 def plot_ablation(table: pd.DataFrame, metric: str = "", *, preset: str, data: str, ax=None):
-    """Horizontal bars: rows = configurations, columns "paper" and "this run" (percent)."""
+    """Horizontal bars: rows = configurations, columns "paper" and "this run" (percent), and
+    "this run, official AU-PRO" as a third bar when present."""
     fig, axis = _axes(ax, (6.0, 0.6 * len(table) + 1.5))
     nan = pd.Series(np.nan, index=table.index)
+    third = "this run, official AU-PRO"  # beside the compat PRO (ablation.plot_table)
     _paired_bars(axis, [str(i) for i in table.index], table.get("paper", nan),
-                 table.get("this run", nan), horizontal=True)
+                 table.get("this run", nan), horizontal=True,
+                 extra=(third, table[third]) if third in table else None)
     axis.invert_yaxis()  # first configuration on top, as in the paper's tables
     axis.set(xlabel=f"{metric} (%)" if metric else "%", xlim=(0, 108),
              title=f"Ablation: {metric}" if metric else "Ablation")

@@ -285,6 +285,10 @@ def test_ablation_horizontal_bars():
     assert widths == {"paper": [91.7, 92.2, 93.1, 93.8], "this run": [50.0, 52.0, 53.0]}
     assert [t.get_text() for t in ax.get_yticklabels()] == list(table.index)
     assert_labelled(fig)
+    table["this run, official AU-PRO"] = [40.0, 41.0, np.nan, 43.0]
+    fig = plots.plot_ablation(table, "PRO (MVTec AD)", preset="tiny", data="synthetic/unseen")
+    widths = {c.get_label(): [p.get_width() for p in c.patches] for c in fig.axes[0].containers}
+    assert widths["this run, official AU-PRO"] == [40.0, 41.0, 43.0]
 
 
 def test_side_by_side_reads_paper_module_table():
