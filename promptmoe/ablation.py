@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Dict, Mapping
 
+import numpy as np
 import pandas as pd
 
 from . import paper
@@ -170,9 +171,17 @@ def run_ablation(table: int, base: PromptMoEConfig, train_ds, eval_datasets: Map
 def plot_table(results: pd.DataFrame, metric: str = "image_auroc",
                paper_dataset: str = "mvtec") -> pd.DataFrame:
     """What :func:`promptmoe.plots.plot_ablation` draws: index = configuration, columns
-    ``paper`` (the paper's ``paper_dataset`` value) and ``this run`` (our ``metric``), percent."""
+    ``paper`` (the paper's ``paper_dataset`` value) and ``this run`` (our ``metric``), percent.
+
+    For ``"au_pro"`` the paper's PRO follows AnomalyCLIP's protocol, so ``this run`` is our
+    ``pro_compat`` (NaN when it was not computed) and a third column ``this run, official
+    AU-PRO`` holds our ``au_pro`` (``promptmoe.paper.PRO_NOTE``)."""
     if metric not in ("image_auroc", "au_pro"):
         raise ValueError(f"the paper's ablations report image_auroc and au_pro, not {metric!r}")
-    return pd.DataFrame({"paper": results[f"paper {paper_dataset} {metric}"].to_numpy(),
-                         "this run": results[metric].to_numpy()},
-                        index=pd.Index(results["configuration"], name="configuration"))
+    index = pd.Index(results["configuration"], name="configuration")
+    paper = results[f"paper {paper_dataset} {metric}"].to_numpy()
+    if metric == "image_auroc":
+        return pd.DataFrame({"paper": paper, "this run": results[metric].to_numpy()}, index=index)
+    compat = results["pro_compat"].to_numpy() if "pro_compat" in results else np.nan
+    return pd.DataFrame({"paper": paper, "this run": compat,
+                         "this run, official AU-PRO": results["au_pro"].to_numpy()}, index=index)

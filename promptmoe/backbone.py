@@ -146,7 +146,10 @@ class FrozenCLIP(nn.Module):
             if idx in want:
                 tokens = y if (y is not None) else x  # (B, HW+1, W), a new tensor each block
                 taken[idx] = visual.ln_post(tokens) @ visual.proj  # (B, HW+1, D)
-        pooled, _ = visual._pool(x)  # CLS after ln_post
+        if self.config.global_ln_post:
+            pooled, _ = visual._pool(x)  # (B, W): CLS after ln_post
+        else:
+            pooled = x[:, 0]  # (B, W): CLS without ln_post, as AnomalyCLIP's code (D9)
         global_feature = pooled @ visual.proj  # (B, D)
         layer_tokens = [taken[i] for i in self.config.layers]
         return ImageFeatures(layer_tokens, global_feature, self.grid_size)
@@ -187,7 +190,8 @@ class FrozenCLIP(nn.Module):
         if L > n_ctx:
             raise ValueError(f"prompt of {L} tokens exceeds the context length {n_ctx}")
         if cut:
-            L = int(eot_index.max()) + 1
+            if eot_index.device.type != "meta":  # meta tensors hold no values: keep all L (tests)
+                L = int(eot_index.max()) + 1
             embeds = embeds[:, :L]
         elif L < n_ctx:
             embeds = F.pad(embeds, (0, 0, 0, n_ctx - L))  # zero rows after EOT: the full 77
@@ -208,11 +212,75 @@ class FrozenCLIP(nn.Module):
         return F.normalize(self.encode_embeddings(embeds, ids.argmax(dim=-1)), dim=-1)
 
 
+class _DropRandomInitNotice(logging.Filter):
+    """Drops open_clip's root-logger line "No pretrained weights loaded ..." for a model we build
+    without weights on purpose (tiny preset, tests); :func:`create_clip` says it once itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+def uses_quick_gelu(clip_model: str, pretrained: Optional[str]) -> bool:
+    """Whether the weights of ``pretrained`` were trained with QuickGELU, from open_clip's
+    pretrained table (True for every OpenAI tag); False for random init or a local file."""
+    if not pretrained:
+        return False
+    return bool(open_clip.get_pretrained_cfg(clip_model, pretrained).get("quick_gelu", False))
+
+
+def native_image_size(clip_model: str) -> int:
+    """The input side the architecture's weights were trained at (336 for ViT-L-14-336)."""
+    cfg = open_clip.get_model_config(clip_model)
+    if cfg is None:
+        raise ValueError(f"open_clip has no model config named {clip_model!r}")
+    size = cfg["vision_cfg"]["image_size"]
+    return int(size if isinstance(size, int) else size[0])
+
+
+def resample_positional_embedding(visual: nn.Module, image_size: int, mode: str) -> None:
+    """Resample a ViT's positional embedding (CLS row kept) to the grid of ``image_size``, once.
+
+    ``mode="bicubic"`` is open_clip's load-time resize (antialiased); ``"bilinear"`` is what
+    AnomalyCLIP's code does at its first forward (no antialiasing). REFERENCE.md D9.
+    """
+    pos = visual.positional_embedding.detach()  # (1 + g*g, W)
+    old = tuple(visual.grid_size)
+    patch = visual.patch_size if isinstance(visual.patch_size, tuple) else (visual.patch_size,) * 2
+    new = (image_size // patch[0], image_size // patch[1])
+    W = pos.shape[1]
+    grid = pos[1:].reshape(1, old[0], old[1], W).permute(0, 3, 1, 2)  # (1, W, g, g)
+    extra = {"antialias": True} if mode == "bicubic" else {}
+    grid = F.interpolate(grid, size=new, mode=mode, align_corners=False, **extra)  # (1, W, g', g')
+    grid = grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], W)  # (g'*g', W)
+    visual.positional_embedding = nn.Parameter(torch.cat([pos[:1], grid]), requires_grad=False)
+    visual.grid_size = new
+    visual.image_size = (image_size, image_size)
+
+
 def create_clip(config: PromptMoEConfig) -> nn.Module:
-    """Build the open_clip model of a config (downloads OpenAI weights for paper/small)."""
+    """Build the open_clip model of a config (downloads OpenAI weights for paper/small).
+
+    QuickGELU follows the pretrained tag (open_clip's table says which weights were trained with
+    it), so open_clip's "QuickGELU mismatch" warning cannot occur. The positional embedding is
+    resampled to ``config.image_size`` once here, as ``config.pos_embed_resize`` says.
+    """
+    quick = uses_quick_gelu(config.clip_model, config.pretrained)
+    model_cfg = open_clip.get_model_config(config.clip_model) or {}
+    if config.pretrained and model_cfg.get("quick_gelu", False) and not quick:
+        raise ValueError(f"{config.clip_model} uses QuickGELU but the weights "
+                         f"{config.pretrained!r} were trained without it: choose the model name "
+                         "without the -quickgelu suffix")
+    # bilinear (AnomalyCLIP): load at the native size, resample ourselves; bicubic: open_clip's
+    # own antialiased resize while loading. Random weights have nothing to resample.
+    ours = (config.pretrained and config.pos_embed_resize == "bilinear"
+            and native_image_size(config.clip_model) != config.image_size)
+    root = logging.getLogger()
+    quiet = _DropRandomInitNotice()
+    root.addFilter(quiet)
     try:
         clip = open_clip.create_model(config.clip_model, pretrained=config.pretrained,
-                                      force_image_size=config.image_size)
+                                      force_quick_gelu=quick,
+                                      force_image_size=None if ours else config.image_size)
     except Exception as err:  # network or cache problems: say what to do
         if config.pretrained:
             raise RuntimeError(
@@ -221,6 +289,10 @@ def create_clip(config: PromptMoEConfig) -> nn.Module:
                 "offline, use the tiny preset (PROMPTMOE_PRESET=tiny) or pre-populate the "
                 "Hugging Face cache.") from err
         raise
+    finally:
+        root.removeFilter(quiet)
+    if ours:
+        resample_positional_embedding(clip.visual, config.image_size, "bilinear")
     if config.pretrained is None and config.preset != "tiny":
         log.warning("%s has random weights: its outputs show plumbing, not the method",
                     config.clip_model)

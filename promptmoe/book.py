@@ -89,12 +89,15 @@ class Chapter:
         return {"preset": self.preset, "data": self.data}
 
 
-def chapter_setup(seed: int = 0, **overrides) -> Chapter:
-    """Pick the preset, seed everything, and say plainly what the chapter's numbers are."""
+def chapter_setup(seed: int = 0, device=None, **overrides) -> Chapter:
+    """Pick the preset, seed everything, and say plainly what the chapter's numbers are.
+
+    ``device`` follows :func:`promptmoe.runtime.get_device` (None: CUDA when present, else CPU).
+    """
     preset = default_preset()
     config = PromptMoEConfig.from_preset(preset, seed=seed, **overrides)
     set_seed(seed)
-    device = get_device(verbose=True)
+    device = get_device(device, verbose=True)
     quick = is_quick(preset)
     if quick and device.type == "cpu":
         # the tiny model's ops are too small to gain from threads; two OpenMP threads on a busy

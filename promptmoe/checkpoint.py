@@ -112,13 +112,15 @@ def load_model(path, device=None, backbone=None):
 
     The tiny preset's CLIP is random: :func:`~promptmoe.model.build_model` rebuilds it from the
     seed stored in the checkpoint, so a tiny checkpoint scores images exactly as when trained.
+    ``device=None`` follows :func:`promptmoe.runtime.get_device` (CUDA when present).
     """
     from .model import PromptMoE, build_model  # local import: model imports nothing from here
+    from .runtime import get_device
 
     config, tensors, meta = read_checkpoint(path)
     if backbone is None:
-        model = build_model(config, clip_seed=int(meta.get("clip_seed", 0)))
+        model = build_model(config, device="cpu", clip_seed=int(meta.get("clip_seed", 0)))
     else:
         model = PromptMoE(config, backbone=backbone)
     load_into(model, tensors, path)
-    return model.to(device or "cpu").eval(), meta
+    return model.to(get_device(device)).eval(), meta

@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
     cache = False if args.no_cache else "auto"
     result = train(config, ds, args.out, resume=args.resume, cache_features=cache,
                    cache_limit_gb=args.cache_limit_gb,
-                   num_workers=args.workers, train_data=label)
+                   num_workers=args.workers, train_data=label, device=args.device)
     last = result.log.iloc[-1]
     print(f"trained {config.preset} preset on {label}: {config.epochs} epochs, final loss "
           f"{last['total']:.4f}; checkpoint {result.checkpoint}")
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache the frozen CLIP features when they need at most this much memory "
                    "(the paper preset on MVTec AD needs about 30 GB)")
     t.add_argument("--workers", type=int, default=0, help="data loader workers")
+    t.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot evaluation on one or more datasets",
@@ -171,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     e.add_argument("--save-maps", action="store_true", help="also save every anomaly map (.npz)")
     e.add_argument("--no-compat", action="store_true", help="skip the slow compat PRO")
-    e.add_argument("--device", default=None)
+    e.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("predict", help="score an image or a folder and write overlays",
@@ -182,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset when no checkpoint is given")
     r.add_argument("--threshold", type=float, default=0.5)
     r.add_argument("--out", default="predictions")
-    r.add_argument("--device", default=None)
+    r.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
     r.set_defaults(func=cmd_predict)
     return p
 

@@ -19,6 +19,8 @@ from typing import Optional, Tuple
 
 PROMPT_MODES = ("static", "ensemble", "vgmop")
 PRESETS = ("paper", "small", "tiny")
+POS_EMBED_RESIZES = ("bicubic", "bilinear")
+LAYER_MAP_REDUCES = ("mean", "sum")
 
 
 @dataclass
@@ -33,6 +35,9 @@ class PromptMoEConfig:
     layers: Tuple[int, ...] = (6, 12, 18, 24)  # 1-based vision blocks whose patch tokens are used
     vv_attention: bool = True  # V-V attention path for patch tokens (AnomalyCLIP's DPAM)
     vv_start: Optional[int] = None  # first block (1-based) on the V-V path; None = layers[0]
+    # D9, choices the paper leaves open (defaults = our reading; AnomalyCLIP's code differs):
+    global_ln_post: bool = True  # F_cls = ln_post(CLS) @ proj; False = CLS @ proj (AnomalyCLIP)
+    pos_embed_resize: str = "bicubic"  # "bicubic" antialiased at load | "bilinear" (AnomalyCLIP)
 
     # --- prompts (D2, D3) ---
     prompt_mode: str = "vgmop"  # "static" single prompt | "ensemble" of static prompts | "vgmop"
@@ -53,6 +58,9 @@ class PromptMoEConfig:
     tau: float = 0.07  # temperature of the pixel-level softmax
     tau_image: float = 0.01  # tau': temperature of the image-level softmax
     sigma: float = 4.0  # Gaussian smoothing of the map at inference (0 disables)
+    # D4/D9: combine layer maps by "mean" (keeps [0, 1]) or "sum" (Eq. 6 as printed: weighs
+    # max M by len(layers) in Eq. 7). Inference only: training always averages (the BCE needs [0, 1])
+    layer_map_reduce: str = "mean"
 
     # --- losses (D6) ---
     alpha: float = 0.01  # weight of the load-balancing loss (Eq. 4)
@@ -131,6 +139,12 @@ class PromptMoEConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.warmup_epochs < 0 or self.alpha < 0 or self.beta < 0:
             raise ValueError("warmup_epochs, alpha and beta must be >= 0")
+        if self.pos_embed_resize not in POS_EMBED_RESIZES:
+            raise ValueError(f"pos_embed_resize={self.pos_embed_resize!r}; choose one of "
+                             f"{POS_EMBED_RESIZES}")
+        if self.layer_map_reduce not in LAYER_MAP_REDUCES:
+            raise ValueError(f"layer_map_reduce={self.layer_map_reduce!r}; choose one of "
+                             f"{LAYER_MAP_REDUCES}")
         if self.tau <= 0 or self.tau_image <= 0:
             raise ValueError(f"temperatures must be > 0 (tau={self.tau}, tau_image={self.tau_image})")
 

@@ -153,10 +153,14 @@ def evaluate(model, datasets: Mapping[str, object], out_dir=None, batch_size: in
 
 
 def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary beside the paper's Table 1 (percent); non-paper datasets get NaN paper cells."""
+    """The summary beside the paper's Table 1 (percent); non-paper datasets get NaN paper cells.
+
+    The paper's PRO sits beside this run's ``pro_compat`` (its protocol), the official AU-PRO
+    next to them (``promptmoe.paper.PRO_NOTE``)."""
     from .paper import side_by_side
 
-    ours = {r["dataset"]: {m: r[m] for m in PAPER_METRICS} for _, r in summary.iterrows()}
+    keys = [m for m in (*PAPER_METRICS, "pro_compat") if m in summary]
+    ours = {r["dataset"]: {m: r[m] for m in keys} for _, r in summary.iterrows()}
     return side_by_side(ours, metrics=PAPER_METRICS, strict=False)
 
 
@@ -166,6 +170,10 @@ def _markdown(df: pd.DataFrame, title: str, label: Mapping[str, str]) -> str:
     if label.get("preset") == "tiny":
         note = ("\n> Quick mode: the tiny preset is a random CLIP; these numbers show that the code "
                 "runs, not what the method achieves.\n")
+    if any(c.startswith("pro_compat") for c in df.columns):
+        from .paper import PRO_NOTE
+
+        note += f"\n> {PRO_NOTE}\n"
     return f"# {title}\n\nThis run: {what}.{note}\n\n{df.to_markdown(floatfmt='.1f')}\n"
 
 
@@ -176,7 +184,6 @@ def write_report(report: EvalReport, out_dir, label: Mapping[str, str]) -> None:
     pct = report.per_category.copy()
     pct[list(METRIC_COLUMNS)] = pct[list(METRIC_COLUMNS)] * 100
     side = paper_table(report.summary)
-    side["pro_compat (this run)"] = (report.summary.set_index("dataset")["pro_compat"] * 100).values
     files = {
         "per_category.csv": lambda p: report.per_category.to_csv(p, index=False),
         "summary.csv": lambda p: side.to_csv(p),

@@ -8,7 +8,8 @@ Forward of a batch (B, 3, S, S):
   features F_T^(l) of *that image*; a softmax over the pair gives the abnormal probability per
   token, reshaped to the grid and bilinearly upsampled to S x S;
 * anomaly_map = mean over layers (the paper writes a sum; the mean keeps it in [0, 1] for the BCE
-  and ranks pixels identically); Gaussian smoothing (sigma) only in eval mode;
+  and ranks pixels identically; ``layer_map_reduce="sum"`` gives the printed sum at inference);
+  Gaussian smoothing (sigma) only in eval mode;
 * pred_score = 1/2 (max anomaly_map + softmax(F_cls . F_T^(last) / tau')[abnormal]) (Eq. 7).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from .backbone import FrozenCLIP, ImageFeatures
 from .config import PromptMoEConfig
 from .prompts import build_prompt_learner, build_sequences
+from .runtime import get_device
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -131,7 +133,10 @@ class PromptMoE(nn.Module):
             prob = logits.softmax(dim=-1)[..., 1].view(B, 1, h, w)  # abnormal probability
             maps.append(F.interpolate(prob, size=S, mode="bilinear", align_corners=False)[:, 0])
         layer_maps = torch.stack(maps, dim=1)  # (B, L, H, W)
-        anomaly_map = layer_maps.mean(dim=1)  # (B, H, W)
+        if cfg.layer_map_reduce == "sum" and not self.training:  # Eq. 6 as printed (D4, D9)
+            anomaly_map = layer_maps.sum(dim=1)  # (B, H, W) in [0, L]
+        else:
+            anomaly_map = layer_maps.mean(dim=1)  # (B, H, W) in [0, 1]
         if not self.training and cfg.sigma > 0:
             anomaly_map = gaussian_blur(anomaly_map, cfg.sigma)
         g_n = F.normalize(g, dim=-1)
@@ -159,9 +164,11 @@ TINY_CLIP_SEED = 0  # the tiny preset's random CLIP is rebuilt from this seed wh
 
 def build_model(config: PromptMoEConfig, device=None, clip_seed: int = TINY_CLIP_SEED) -> PromptMoE:
     """The model of a config, reproducibly: a random (tiny) CLIP from ``clip_seed``, prompts from
-    ``config.seed``. Loading pretrained weights (paper/small) does not depend on the seeds."""
+    ``config.seed``. Loading pretrained weights (paper/small) does not depend on the seeds.
+    ``device=None`` follows :func:`promptmoe.runtime.get_device` (CUDA when present)."""
+
     if config.pretrained is None:
         torch.manual_seed(clip_seed)
     backbone = FrozenCLIP(config)
     torch.manual_seed(config.seed)
-    return PromptMoE(config, backbone=backbone).to(device or "cpu")
+    return PromptMoE(config, backbone=backbone).to(get_device(device))

@@ -146,6 +146,43 @@ def datasets_table() -> pd.DataFrame:
     return _load("datasets.csv").set_index("dataset").copy()
 
 
+# The paper follows AnomalyCLIP's protocol, so its PRO column is the "compat" PRO (REFERENCE.md D8):
+# tables and plots put our pro_compat beside it and the official AU-PRO next to both.
+PRO_PAPER = "pro (paper)"  # the paper's PRO (AnomalyCLIP's cal_pro_score protocol)
+PRO_COMPAT = "pro_compat (this run)"  # ours, same protocol: the number to compare
+PRO_OFFICIAL = "au_pro (this run)"  # ours, official MVTec AU-PRO: the better metric
+PRO_NOTE = ("PRO: the paper follows AnomalyCLIP's protocol (200 score thresholds, FPR rescaled, "
+            "no interpolation), so its PRO is compared with this run's pro_compat; au_pro is the "
+            "official MVTec AU-PRO (integrated to FPR 0.3), the better metric (chapter 9).")
+
+
+def _columns(metric: str, paper_number: float, values: Mapping[str, float], where: str) -> dict:
+    """The columns one metric adds to a paper-beside-ours row (this run's values as fractions)."""
+    def pct(key):
+        v = values.get(key, math.nan)
+        v = math.nan if v is None else float(v)
+        if not math.isnan(v) and not 0.0 <= v <= 1.0:
+            raise ValueError(f"{where}/{key}={v}: pass this run's values as fractions in "
+                             "[0, 1]; side_by_side converts them to percent")
+        return 100.0 * v
+
+    if metric == "au_pro":
+        return {PRO_PAPER: paper_number, PRO_COMPAT: pct("pro_compat"), PRO_OFFICIAL: pct("au_pro")}
+    return {f"{metric} (paper)": paper_number, f"{metric} (this run)": pct(metric)}
+
+
+def _metrics_of(ours: Iterable[Mapping[str, float]], metrics: Optional[Iterable[str]]) -> list:
+    if metrics is None:
+        present = {m for row in ours for m in row}
+        if "pro_compat" in present:
+            present.add("au_pro")
+        metrics = [m for m in METRICS if m in present]
+    metrics = list(metrics)
+    for m in metrics:
+        _check("metric", m, METRICS)
+    return metrics
+
+
 def side_by_side(ours: Mapping[str, Mapping[str, float]],
                  metrics: Optional[Iterable[str]] = None,
                  method: str = "PromptMoE",
@@ -154,8 +191,9 @@ def side_by_side(ours: Mapping[str, Mapping[str, float]],
     """The paper's numbers beside this run's, in percent, for a book table.
 
     Args:
-        ours: ``{dataset: {metric: value in [0, 1]}}`` as returned by the evaluation code.
-        metrics: which metrics to show; default: every metric present in ``ours``, in
+        ours: ``{dataset: {metric: value in [0, 1]}}`` as returned by the evaluation code; besides
+            :data:`METRICS` a row may hold ``pro_compat``.
+        metrics: which of :data:`METRICS` to show; default: every metric present in ``ours``, in
             :data:`METRICS` order.
         method: the Table 1 method whose numbers fill the "(paper)" columns.
         decimals: round both columns to this many decimals (None keeps full precision).
@@ -163,35 +201,60 @@ def side_by_side(ours: Mapping[str, Mapping[str, float]],
             "(paper)" cells (useful for a synthetic toy set).
 
     Returns:
-        DataFrame indexed by dataset (order of ``ours``) with columns
-        ``"<metric> (paper)"`` and ``"<metric> (this run)"`` for each metric.
+        DataFrame indexed by dataset (order of ``ours``) with columns ``"<metric> (paper)"`` and
+        ``"<metric> (this run)"`` per metric, except PRO (see :data:`PRO_NOTE`): the paper's PRO
+        ``"pro (paper)"``, then ``"pro_compat (this run)"`` (same protocol) and
+        ``"au_pro (this run)"`` (official AU-PRO).
     """
     _check("method", method, METHODS)
-    if metrics is None:
-        present = {m for row in ours.values() for m in row}
-        metrics = [m for m in METRICS if m in present]
-    metrics = list(metrics)
-    for m in metrics:
-        _check("metric", m, METRICS)
+    metrics = _metrics_of(ours.values(), metrics)
     rows = {}
     for dataset, values in ours.items():
         known = dataset in DATASETS + AVERAGES
         if strict and not known:
             _check("dataset", dataset, DATASETS + AVERAGES)
-        unknown = sorted(set(values) - set(METRICS))
+        unknown = sorted(set(values) - set(METRICS) - {"pro_compat"})
         if unknown:
-            raise ValueError(f"{dataset}: unknown metrics {unknown}; choose from {METRICS}")
+            raise ValueError(f"{dataset}: unknown metrics {unknown}; choose from "
+                             f"{METRICS + ('pro_compat',)}")
         row = {}
         for m in metrics:
-            v = values.get(m, math.nan)
-            v = math.nan if v is None else float(v)
-            if not math.isnan(v) and not 0.0 <= v <= 1.0:
-                raise ValueError(f"{dataset}/{m}={v}: pass this run's values as fractions in "
-                                 "[0, 1]; side_by_side converts them to percent")
-            row[f"{m} (paper)"] = paper_value(dataset, m, method) if known else math.nan
-            row[f"{m} (this run)"] = 100.0 * v
+            number = paper_value(dataset, m, method) if known else math.nan
+            row.update(_columns(m, number, values, dataset))
         rows[dataset] = row
-    columns = [f"{m} ({who})" for m in metrics for who in ("paper", "this run")]
+    columns = [c for m in metrics for c in _columns(m, math.nan, {}, "")]
     out = pd.DataFrame.from_dict(rows, orient="index", columns=columns, dtype=float)
     out.index.name = "dataset"
+    return out.round(decimals) if decimals is not None else out
+
+
+def per_category_side_by_side(dataset: str, ours: pd.DataFrame,
+                              metrics: Sequence[str] = METRICS,
+                              decimals: Optional[int] = 1) -> pd.DataFrame:
+    """One of Tables 8-12 beside this run, per category, with this run's mean as "average".
+
+    Args:
+        dataset: one of :data:`PER_CATEGORY_DATASETS`.
+        ours: this run's per-category metrics as fractions, indexed by category folder name
+            (``pro_compat`` fills the compat PRO column, see :data:`PRO_NOTE`).
+    Returns:
+        The paper's rows (``display_name`` first, "average" last) with the columns of
+        :func:`side_by_side`; categories this run did not score get NaN "(this run)" cells.
+    """
+    theirs = per_category(dataset)
+    unknown = sorted(set(ours.index) - set(theirs.index) - {"average"})
+    if unknown:
+        raise ValueError(f"{dataset}: categories {unknown} are not in the paper's table; "
+                         f"known: {sorted(theirs.index.drop('average'))}")
+    mine = ours.drop(index="average", errors="ignore")
+    mine = pd.concat([mine, mine.mean(numeric_only=True).to_frame("average").T])
+    rows = {}
+    for cat, paper_row in theirs.iterrows():
+        values = mine.loc[cat].dropna().to_dict() if cat in mine.index else {}
+        row = {"display_name": paper_row["display_name"]}
+        for m in metrics:
+            row.update(_columns(m, float(paper_row[m]), values, f"{dataset}/{cat}"))
+        rows[cat] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "category"
     return out.round(decimals) if decimals is not None else out

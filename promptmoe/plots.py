@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .paper import PRO_COMPAT, PRO_OFFICIAL, PRO_PAPER
+
 LOSS_TERMS = ("total", "focal", "dice", "bce", "balance", "decouple")
 TINY_NOTE = "random CLIP, quick mode \u2014 plumbing, not a result"
 BRANCHES = ("normal", "abnormal")
@@ -337,18 +339,37 @@ def plot_pro_curves(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], fpr_lim
     return _label(fig, preset, data, ax)
 
 
-def _paired_bars(ax, names, paper, ours, horizontal=False):
-    """Paper and this-run bars side by side at each position; a NaN value gets no bar."""
-    pos, w = np.arange(len(names)), 0.38
+def _paired_bars(ax, names, paper, ours, horizontal=False, extra=None):
+    """Paper and this-run bars side by side at each position; a NaN value gets no bar.
+
+    ``extra``: an optional (label, values) third bar, e.g. the official AU-PRO beside the compat
+    PRO that is compared with the paper."""
+    series = [(paper, "paper", "0.6"), (ours, "this run", "C0")]
+    if extra is not None:
+        series.append((extra[1], extra[0], "C1"))
+    pos, w = np.arange(len(names)), 0.76 / len(series)
     bar = ax.barh if horizontal else ax.bar
-    for values, shift, label, colour in ((paper, -w / 2, "paper", "0.6"),
-                                         (ours, w / 2, "this run", "C0")):
+    for i, (values, label, colour) in enumerate(series):
         values = np.asarray(values, dtype=float)
         ok = np.isfinite(values)
+        shift = (i - (len(series) - 1) / 2) * w
         ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour),
                      fmt="%.1f", fontsize=7, padding=1)
     (ax.set_yticks if horizontal else ax.set_xticks)(pos, names)
     ax.legend(fontsize=8)
+
+
+def _panels(table: pd.DataFrame) -> list:
+    """(key, title, paper column, this-run column, extra (label, column) or None) per panel."""
+    panels = []
+    for m in dict.fromkeys(c.rsplit(" (", 1)[0] for c in table if c.endswith(")")):
+        if m in ("pro", "pro_compat") or (m == "au_pro" and PRO_PAPER in table):
+            if not any(p[0] == "pro" for p in panels):
+                panels.append(("pro", "PRO (paper's protocol = pro_compat)", PRO_PAPER, PRO_COMPAT,
+                               ("this run, official AU-PRO", PRO_OFFICIAL)))
+        else:
+            panels.append((m, m, f"{m} (paper)", f"{m} (this run)", None))
+    return panels
 
 
 def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
@@ -357,30 +378,42 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
 
     Args:
         table: index = datasets, columns ``"<metric> (paper)"`` and ``"<metric> (this run)"`` in
-            percent, as :func:`promptmoe.paper.side_by_side` returns; NaN cells get no bar.
-        metrics: which metrics (default: every metric with a column in ``table``).
+            percent, as :func:`promptmoe.paper.side_by_side` returns; NaN cells get no bar. Its
+            PRO columns give one panel: the paper's PRO beside this run's compat PRO (the same
+            protocol) with the official AU-PRO as a third, labelled bar.
+        metrics: which metrics (default: every metric with a column in ``table``); ``"au_pro"``
+            selects the PRO panel.
     """
-    if metrics is None:
-        metrics = list(dict.fromkeys(c.rsplit(" (", 1)[0] for c in table if c.endswith(")")))
+    panels = _panels(table)
+    if metrics is not None:
+        keys = {p[0] for p in panels}
+        wanted = ["pro" if m in ("au_pro", "pro_compat") and "pro" in keys else m for m in metrics]
+        missing = [m for m in wanted if m not in keys]
+        if missing:
+            raise ValueError(f"no '{missing[0]} (paper)' or '{missing[0]} (this run)' column in "
+                             f"{list(table)}")
+        panels = [p for p in panels if p[0] in wanted]
     nan = pd.Series(np.nan, index=table.index)
-    fig, axes = _grid(len(metrics), 2, (max(4.0, 0.9 * len(table) + 2), 3.5))
-    for ax, m in zip(axes, metrics):
-        if f"{m} (paper)" not in table and f"{m} (this run)" not in table:
-            raise ValueError(f"no '{m} (paper)' or '{m} (this run)' column in {list(table)}")
-        _paired_bars(ax, list(table.index), table.get(f"{m} (paper)", nan),
-                     table.get(f"{m} (this run)", nan))
-        ax.set(title=m, ylabel="%", ylim=(0, 108))
+    fig, axes = _grid(len(panels), 2, (max(4.0, 0.9 * len(table) + 2), 3.5))
+    for ax, (_, title, paper_col, ours_col, extra) in zip(axes, panels):
+        third = None if extra is None else (extra[0], table.get(extra[1], nan))
+        _paired_bars(ax, list(table.index), table.get(paper_col, nan), table.get(ours_col, nan),
+                     extra=third)
+        ax.set(title=title, ylabel="%", ylim=(0, 108))
         ax.tick_params(axis="x", labelrotation=30)
     fig.suptitle("Paper vs this run")
     return _label(fig, preset, data)
 
 
 def plot_ablation(table: pd.DataFrame, metric: str = "", *, preset: str, data: str, ax=None):
-    """Horizontal bars: rows = configurations, columns "paper" and "this run" (percent)."""
+    """Horizontal bars: rows = configurations, columns "paper" and "this run" (percent), and
+    "this run, official AU-PRO" as a third bar when present."""
     fig, axis = _axes(ax, (6.0, 0.6 * len(table) + 1.5))
     nan = pd.Series(np.nan, index=table.index)
+    third = "this run, official AU-PRO"  # beside the compat PRO (ablation.plot_table)
     _paired_bars(axis, [str(i) for i in table.index], table.get("paper", nan),
-                 table.get("this run", nan), horizontal=True)
+                 table.get("this run", nan), horizontal=True,
+                 extra=(third, table[third]) if third in table else None)
     axis.invert_yaxis()  # first configuration on top, as in the paper's tables
     axis.set(xlabel=f"{metric} (%)" if metric else "%", xlim=(0, 108),
              title=f"Ablation: {metric}" if metric else "Ablation")

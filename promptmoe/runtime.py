@@ -46,8 +46,20 @@ def is_quick(preset: str) -> bool:
     return preset == "tiny"
 
 
-def get_device(verbose: bool = False) -> torch.device:
-    """CUDA when present, else CPU; on Colab without a GPU say how to get one."""
+def get_device(device=None, verbose: bool = False) -> torch.device:
+    """The one device rule of the package and CLI: an explicit ``device`` wins, else CUDA when
+    present, else CPU (on Colab without a GPU, ``verbose`` says how to get one).
+
+    Args:
+        device: ``None``/``"auto"`` for the rule, or anything ``torch.device`` accepts
+            (``"cpu"``, ``"cuda:1"``, ``"meta"``, a ``torch.device``).
+    """
+    if device is not None and str(device) != "auto":
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device={device!r} is not a device torch knows (try 'cpu', "
+                             "'cuda' or 'auto')") from err
     if torch.cuda.is_available():
         return torch.device("cuda")
     if verbose:

@@ -30,6 +30,7 @@ from .checkpoint import (RESUMABLE_CHANGES, CheckpointError, atomic_write, confi
 from .config import PromptMoEConfig
 from .losses import total_loss
 from .model import TINY_CLIP_SEED, PromptMoE, build_model
+from .runtime import get_device
 
 LOG_COLUMNS = ("step", "epoch", "lr", "total", "focal", "dice", "bce", "balance", "decouple")
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -117,7 +118,7 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
     """
     out_dir = Path(out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = get_device(device)
     if ckpt_path.exists() and not resume:
         raise CheckpointError(f"{ckpt_path} exists: pass resume=True (--resume) to continue it, "
                               "or choose another output folder")
@@ -125,7 +126,7 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
         raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
-    model = (model or build_model(config)).to(device)
+    model = (model or build_model(config, device=device)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
     start_epoch = 0

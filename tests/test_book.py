@@ -35,3 +35,13 @@ def test_data_locations_and_missing_datasets(monkeypatch, tmp_path, capsys):
     d = book.fresh_dir("x")
     (d / "old.txt").write_text("1")
     assert list(book.fresh_dir("x").iterdir()) == []
+
+
+def test_chapter_setup_follows_the_device_rule(monkeypatch, capsys):
+    monkeypatch.setenv("PROMPTMOE_PRESET", "tiny")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert book.chapter_setup().device == torch.device("cuda")
+    assert book.chapter_setup(device="cpu").device == torch.device("cpu")  # explicit wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert book.chapter_setup().device == torch.device("cpu")
+    assert "device: cpu" in capsys.readouterr().out

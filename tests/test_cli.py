@@ -56,3 +56,79 @@ def test_predict_without_checkpoint_says_untrained(tmp_path, capsys):
 def test_errors_exit_non_zero_with_a_message(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture()
+def fake_cuda(monkeypatch):
+    """torch.cuda.is_available() says True; moving a model to CUDA is recorded, then done on
+    the CPU, so the device rule is tested without a GPU."""
+    import types
+
+    import torch
+
+    from promptmoe.model import PromptMoE
+
+    moves = []
+    original = PromptMoE.to
+
+    def to(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, (str, torch.device)):
+            moves.append(torch.device(target))
+            if torch.device(target).type == "cuda":
+                return original(self, "cpu")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(PromptMoE, "to", to)
+    return types.SimpleNamespace(moves=moves)
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path):
+    from promptmoe.checkpoint import save_checkpoint
+    from promptmoe.config import PromptMoEConfig
+    from promptmoe.model import build_model
+
+    cfg = PromptMoEConfig.tiny()
+    return save_checkpoint(tmp_path / "c.safetensors", build_model(cfg, device="cpu"), cfg,
+                           meta={"clip_seed": 0, "train_data": "test"})
+
+
+def test_eval_and_predict_pick_cuda_when_available(fake_cuda, tiny_checkpoint, tmp_path, monkeypatch):
+    import types
+
+    import promptmoe.data
+    import promptmoe.evaluate
+    import promptmoe.predict
+
+    used = []
+    monkeypatch.setattr(promptmoe.data, "load_dataset", lambda *a, **k: "dataset")
+    monkeypatch.setattr(promptmoe.evaluate, "evaluate", lambda model, *a, **k: (
+        used.append(next(model.parameters()).device),
+        types.SimpleNamespace(summary=pd.DataFrame({"image_auroc": [0.5]})))[1])
+    monkeypatch.setattr(promptmoe.predict, "score_images", lambda model, *a, **k: pd.DataFrame())
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", "synthetic=x",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert fake_cuda.moves[-1].type == "cuda" and used
+    assert main(["predict", str(tmp_path), "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert fake_cuda.moves[-1].type == "cuda"
+    assert main(["predict", str(tmp_path), "--preset", "tiny"]) == 0  # untrained: build_model
+    assert fake_cuda.moves[-1].type == "cuda"
+    # --device overrides the rule
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", "synthetic=x",
+                 "--out", str(tmp_path / "e"), "--device", "cpu"]) == 0
+    assert fake_cuda.moves[-1].type == "cpu"
+
+
+def test_library_entry_points_pick_cuda_when_available(fake_cuda, tiny_checkpoint):
+    from promptmoe.checkpoint import load_model
+    from promptmoe.config import PromptMoEConfig
+    from promptmoe.model import build_model
+
+    build_model(PromptMoEConfig.tiny())
+    assert fake_cuda.moves[-1].type == "cuda"
+    load_model(tiny_checkpoint)
+    assert fake_cuda.moves[-1].type == "cuda"
+    load_model(tiny_checkpoint, device="cpu")
+    assert fake_cuda.moves[-1].type == "cpu"

@@ -41,6 +41,13 @@ def test_report_matches_metrics_computed_directly(synth, tmp_path):
     assert "preset: tiny" in md and "not what the method achieves" in md
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert "image_auroc (paper)" in summary.columns and "au_pro (this run)" in summary.columns
+    # the paper's PRO (AnomalyCLIP's protocol) sits beside our compat PRO, labelled
+    cols = list(summary.columns)
+    assert cols[cols.index("pro (paper)"):][:3] == ["pro (paper)", "pro_compat (this run)",
+                                                    "au_pro (this run)"]
+    assert summary.loc[0, "pro_compat (this run)"] == pytest.approx(
+        100 * rep.summary.loc[0, "pro_compat"], abs=0.05)
+    assert "AnomalyCLIP's protocol" in md
 
 
 def _pred(labels, has_mask, masks, maps, scores):

@@ -2,6 +2,7 @@
 import dataclasses
 import math
 
+import pandas as pd
 import pytest
 
 from promptmoe import paper
@@ -234,20 +235,49 @@ def test_datasets_table():
 
 # ------------------------------------------------------------------ side_by_side
 def test_side_by_side_format():
-    ours = {"mvtec": {"image_auroc": 0.9123, "au_pro": 0.8}, "headct": {"image_auroc": 0.5}}
+    ours = {"mvtec": {"image_auroc": 0.9123, "au_pro": 0.8, "pro_compat": 0.85},
+            "headct": {"image_auroc": 0.5}}
     out = paper.side_by_side(ours)
     assert list(out.index) == ["mvtec", "headct"]
+    # the paper's PRO (AnomalyCLIP's protocol) beside our compat PRO, the official AU-PRO next
     assert list(out.columns) == ["image_auroc (paper)", "image_auroc (this run)",
-                                 "au_pro (paper)", "au_pro (this run)"]
+                                 "pro (paper)", "pro_compat (this run)", "au_pro (this run)"]
     assert out.loc["mvtec", "image_auroc (paper)"] == 93.8
     assert out.loc["mvtec", "image_auroc (this run)"] == 91.2
+    assert out.loc["mvtec", "pro (paper)"] == paper.paper_value("mvtec", "au_pro")
+    assert out.loc["mvtec", "pro_compat (this run)"] == 85.0
     assert out.loc["mvtec", "au_pro (this run)"] == 80.0
-    assert math.isnan(out.loc["headct", "au_pro (paper)"])  # the paper has no PRO for HeadCT
-    assert math.isnan(out.loc["headct", "au_pro (this run)"])  # and this run gave none
+    assert math.isnan(out.loc["headct", "pro (paper)"])  # the paper has no PRO for HeadCT
+    assert math.isnan(out.loc["headct", "pro_compat (this run)"])  # and this run gave none
+    assert math.isnan(out.loc["headct", "au_pro (this run)"])
     other = paper.side_by_side(ours, metrics=["image_auroc"], method="AnomalyCLIP", decimals=None)
     assert list(other.columns) == ["image_auroc (paper)", "image_auroc (this run)"]
     assert other.loc["mvtec", "image_auroc (paper)"] == 91.5
     assert other.loc["mvtec", "image_auroc (this run)"] == pytest.approx(91.23)
+    # pro_compat alone still gives the PRO group; no PRO metric at all gives none
+    only = paper.side_by_side({"visa": {"pro_compat": 0.5}})
+    assert list(only.columns) == ["pro (paper)", "pro_compat (this run)", "au_pro (this run)"]
+    assert only.loc["visa", "pro (paper)"] == paper.paper_value("visa", "au_pro")
+    assert math.isnan(only.loc["visa", "au_pro (this run)"])
+
+
+def test_per_category_side_by_side():
+    ours = pd.DataFrame({"image_auroc": [0.9, 0.7], "au_pro": [0.6, 0.4],
+                         "pro_compat": [0.65, 0.45]}, index=["bottle", "cable"])
+    out = paper.per_category_side_by_side("mvtec", ours)
+    theirs = paper.per_category("mvtec")
+    assert list(out.index) == list(theirs.index)  # every paper row, "average" last
+    assert list(out.columns[:1]) == ["display_name"]
+    assert {"pro (paper)", "pro_compat (this run)", "au_pro (this run)"} <= set(out.columns)
+    assert out.loc["bottle", "pro (paper)"] == theirs.loc["bottle", "au_pro"]
+    assert out.loc["bottle", "pro_compat (this run)"] == 65.0
+    assert out.loc["cable", "au_pro (this run)"] == 40.0
+    assert out.loc["average", "image_auroc (this run)"] == 80.0  # mean of this run's categories
+    assert out.loc["average", "pro_compat (this run)"] == 55.0
+    assert out.loc["average", "image_auroc (paper)"] == theirs.loc["average", "image_auroc"]
+    assert math.isnan(out.loc["screw", "image_auroc (this run)"])  # not scored in this run
+    with pytest.raises(ValueError, match="bottel"):
+        paper.per_category_side_by_side("mvtec", ours.rename(index={"bottle": "bottel"}))
 
 
 def test_side_by_side_rejects_bad_input():
@@ -257,6 +287,8 @@ def test_side_by_side_rejects_bad_input():
         paper.side_by_side({"mvtech": {"image_auroc": 0.9}})
     with pytest.raises(ValueError, match="au_pro"):
         paper.side_by_side({"mvtec": {"pro": 0.9}})
+    with pytest.raises(ValueError, match="pro_compat"):
+        paper.side_by_side({"mvtec": {"pro_compat": 85.0}})  # percent, not a fraction
     toy = paper.side_by_side({"toy": {"image_auroc": 0.7}}, strict=False)
     assert math.isnan(toy.loc["toy", "image_auroc (paper)"])
     assert toy.loc["toy", "image_auroc (this run)"] == 70.0

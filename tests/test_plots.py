@@ -285,6 +285,10 @@ def test_ablation_horizontal_bars():
     assert widths == {"paper": [91.7, 92.2, 93.1, 93.8], "this run": [50.0, 52.0, 53.0]}
     assert [t.get_text() for t in ax.get_yticklabels()] == list(table.index)
     assert_labelled(fig)
+    table["this run, official AU-PRO"] = [40.0, 41.0, np.nan, 43.0]
+    fig = plots.plot_ablation(table, "PRO (MVTec AD)", preset="tiny", data="synthetic/unseen")
+    widths = {c.get_label(): [p.get_width() for p in c.patches] for c in fig.axes[0].containers}
+    assert widths["this run, official AU-PRO"] == [40.0, 41.0, 43.0]
 
 
 def test_side_by_side_reads_paper_module_table():
@@ -295,3 +299,21 @@ def test_side_by_side_reads_paper_module_table():
     fig = plots.plot_side_by_side(table, preset="tiny", data="synthetic/unseen")
     heights = {c.get_label(): [p.get_height() for p in c.patches] for c in fig.axes[0].containers}
     assert heights == {"paper": [93.8], "this run": [50.0, 70.0]}
+
+
+def test_side_by_side_plot_puts_compat_pro_beside_the_papers():
+    from promptmoe import paper
+
+    table = paper.side_by_side({"mvtec": {"image_auroc": 0.5, "au_pro": 0.4, "pro_compat": 0.45}})
+    fig = plots.plot_side_by_side(table, preset="paper", data="MVTec AD")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["image_auroc", "PRO (paper's protocol = pro_compat)"]
+    pro = next(ax for ax in fig.axes if ax.get_title().startswith("PRO"))
+    bars = {c.get_label(): [round(p.get_height(), 3) for p in c.patches] for c in pro.containers}
+    assert bars == {"paper": [paper.paper_value("mvtec", "au_pro")], "this run": [45.0],
+                    "this run, official AU-PRO": [40.0]}
+    only = plots.plot_side_by_side(table, metrics=["au_pro"], preset="paper", data="MVTec AD")
+    assert [ax.get_title() for ax in only.axes if ax.get_title()] == [titles[1]]
+    with pytest.raises(ValueError, match="pixel_auroc"):
+        plots.plot_side_by_side(table, metrics=["pixel_auroc"], preset="paper", data="MVTec AD")
+    plt.close("all")

@@ -29,3 +29,16 @@ def test_set_seed_repeats_every_generator():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     runtime.set_seed(3)
     assert a == (random.random(), np.random.rand(), torch.rand(1).item())
+
+
+def test_get_device_rule(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.get_device() == torch.device("cpu") == runtime.get_device("auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.get_device() == torch.device("cuda") == runtime.get_device("auto")
+    # an explicit device always wins over the rule
+    assert runtime.get_device("cpu") == torch.device("cpu")
+    assert runtime.get_device(torch.device("meta")) == torch.device("meta")
+    assert runtime.get_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="'gpu0'"):
+        runtime.get_device("gpu0")
