@@ -73,10 +73,10 @@ def test_corrupt_or_truncated_image_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("array", [
-    block_mask(255), block_mask(1), block_mask(2), block_mask(3),  # 0/255, VisA class ids, soft value
-    block_mask(1000, np.uint16), np.stack([np.zeros((16, 16), np.uint8), block_mask(7), np.zeros((16, 16), np.uint8)], -1),
+    block_mask(255), block_mask(1), block_mask(2), block_mask(3),  # 0/255, VisA class ids
+    block_mask(65535, np.uint16), block_mask(20, np.uint16), block_mask(200), np.stack([np.zeros((16, 16), np.uint8), block_mask(7), np.zeros((16, 16), np.uint8)], -1),
 ])
-def test_load_mask_binarises_any_nonzero(tmp_path, array):
+def test_load_mask_binarises_by_the_documented_rule(tmp_path, array):
     mask = load_mask(save(tmp_path / "m.png", array=array))
     assert mask.dtype == bool and mask.shape == (16, 16)
     np.testing.assert_array_equal(mask, block_mask(1).astype(bool))

@@ -1,50 +1,137 @@
 """A plain folder of a reader's own images, with optional masks.
 
-Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets) and used by ``promptmoe predict``. Rules:
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets) and used by
+``promptmoe predict``. Rules:
 
-* images in subfolders get labels from the folder name: ``good`` / ``normal`` / ``ok`` -> 0,
-  any other subfolder (``scratch``, ``bad``, ...) -> 1;
-* images directly in the root have **no label** (``gt_label = -1``): such a folder can be scored
-  and visualised, not evaluated (metrics need labels; move the images into ``good/`` and a defect
-  folder for that);
-* masks, optional, live in ``root/masks/`` (or ``root/masks/<subfolder>/``) and are matched by stem
-  (``a.png`` <- ``masks/a.png`` or ``masks/a_mask.png``); normal images never get a mask.
-The category is the folder's name.
+* labels come from folder names, at any depth below the category folder: an image with a
+  ``good`` / ``normal`` / ``ok`` folder on its path -> 0; an image in any other subfolder
+  (``scratch/``, ``bad/crack/`` ...) -> 1; an image directly in the category folder has **no
+  label** (``gt_label = -1``): it can be scored and visualised, not evaluated;
+* categories: when subfolders of the root each hold a ``good`` (``normal`` / ``ok``) folder, each
+  such subfolder is a category (``root/bottle/good``, ``root/bottle/crack`` ...); otherwise the
+  root is the one category, named after it. A ``test/`` (``split``) folder is stepped into;
+* masks, optional, are found for each non-normal image, first match wins:
+  1. *beside* the image: ``<stem>_mask.<ext>`` in the same folder (``mask_suffix`` changes
+     ``_mask``); such files are masks, never images;
+  2. in ``mask_dir`` (if given; at the image's relative subfolder, then flat), by stem;
+  3. in ``<category>/masks/`` or ``<category>/ground_truth/`` (subfolder, then flat), by stem
+     (``a.png`` <- ``masks/a.png`` or ``masks/a_mask.png``).
+  Normal images never get a mask. :func:`where_masks_looked` says where a missing mask was sought.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence
 
-from .base import PathLike, SampleRecord, list_images, pair_by_stem, select_categories
+from .base import (
+    DatasetError, PathLike, SampleRecord, is_image_file, pair_by_stem, select_categories,
+)
 
 NAME = "folder"
-CATEGORIES: tuple = ()  # the folder's own name
+CATEGORIES: tuple = ()  # the folder's own name, or its category subfolders
 NORMAL_DIRS = ("good", "normal", "ok")
 MASK_DIR = "masks"
+MASK_DIRS = ("masks", "ground_truth")  # inside a category: never read as images
+MASK_SUFFIX = "_mask"
 LAYOUT = """\
 my_images/                          <- root; its name becomes the category
-  good/a.png ...                     normal (also: normal/, ok/)          optional
-  scratch/b.png ...                  anomalous (any other folder name)   optional
+  good/a.png ...                     normal (also: normal/, ok/; any depth)  optional
+  scratch/b.png ...                  anomalous (any other folder, e.g. bad/crack/)  optional
+  scratch/b_mask.png ...             mask beside its image (<stem>_mask.*)   optional
   c.png ...                          label unknown (-1): predict only
-  masks/b_mask.png ...               optional, matched by stem (or masks/scratch/b.png)"""
+  masks/b.png ...                    or masks in masks/ (or masks/scratch/, ground_truth/), by stem
+or several categories:  my_images/{bottle,cable}/{good,crack}/...  (each with good/, normal/ or ok/)
+or masks anywhere else: --mask-dir DIR (matched by stem, also DIR/<subfolder>/)"""
 
 
-def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, split: str = "test") -> List[SampleRecord]:
-    """Every image in ``root`` and its subfolders (one level, ``masks/`` excluded); ``split`` is ignored."""
+def _dirs(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _category_dirs(root: Path, skip: Sequence[Path]) -> List[Path]:
+    """Subfolders of ``root`` that each hold a normal folder; [root] when there are none."""
+    cats = [d for d in _dirs(root) if d.name not in MASK_DIRS and d not in skip
+            and any(s.name.lower() in NORMAL_DIRS for s in _dirs(d))]
+    return cats or [root]
+
+
+def _is_beside_mask(path: Path, suffix: str) -> bool:
+    return bool(suffix) and path.stem.lower().endswith(suffix.lower())
+
+
+def _images_under(cat_dir: Path, suffix: str, skip: Sequence[Path]) -> List[Path]:
+    """Image files at any depth, excluding mask folders, ``skip`` folders and beside-masks."""
+    out = []
+    for p in sorted(cat_dir.rglob("*")):
+        rel = p.relative_to(cat_dir).parts
+        if any(part.startswith(".") for part in rel) or any(part in MASK_DIRS for part in rel[:-1]):
+            continue
+        if any(p == s or s in p.parents for s in skip):
+            continue
+        if p.is_file() and is_image_file(p) and not _is_beside_mask(p, suffix):
+            out.append(p)
+    return sorted(out, key=lambda p: (len(p.relative_to(cat_dir).parts) > 1, p))  # loose images first
+
+
+def _label(rel_dirs: Sequence[str]) -> int:
+    if not rel_dirs:
+        return -1
+    return 0 if any(d.lower() in NORMAL_DIRS for d in rel_dirs) else 1
+
+
+def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path]) -> Optional[str]:
+    suffixes = tuple(dict.fromkeys(("", suffix or MASK_SUFFIX, MASK_SUFFIX, "_label")))
+    if suffix:
+        beside = pair_by_stem([img], img.parent, (suffix,))[0]
+        if beside:
+            return beside
+    rel = img.parent.relative_to(cat_dir)
+    places = [mask_dir / rel, mask_dir] if mask_dir is not None else []
+    for name in MASK_DIRS:
+        places += [cat_dir / name / rel, cat_dir / name]
+    for place in places:
+        if place.is_dir() and place != img.parent:
+            found = pair_by_stem([img], place, suffixes)[0]
+            if found:
+                return found
+    return None
+
+
+def where_masks_looked(root: PathLike, mask_dir: Optional[PathLike] = None, mask_suffix: Optional[str] = None) -> str:
+    """One sentence naming every place the folder format searched for a mask."""
+    suffix = MASK_SUFFIX if mask_suffix is None else mask_suffix
+    places = [f"beside each image as <stem>{suffix}.*"] if suffix else []
+    if mask_dir is not None:
+        places.append(f"in {mask_dir} (and its subfolders)")
+    places.append(f"in {Path(root)}/[<category>/]masks/ and ground_truth/ (and their subfolders)")
+    return "looked " + "; ".join(places)
+
+
+def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, split: str = "test",
+                 mask_dir: Optional[PathLike] = None, mask_suffix: Optional[str] = None) -> List[SampleRecord]:
+    """Every image under ``root`` (any depth, mask folders excluded) with labels and masks by the rules above.
+
+    Args:
+        root: the folder (a ``{split}/`` folder inside it is stepped into).
+        categories: category names to keep (the root's name, or its category subfolders).
+        split: only used to step into ``root/{split}/`` when it exists.
+        mask_dir: an extra folder holding masks, matched by stem (also at the image's subfolder).
+        mask_suffix: the beside-the-image mask rule's suffix (default ``_mask``; ``""`` turns it off).
+    """
     root = Path(root)
-    cat = select_categories(categories, (root.name,), NAME, root)[0]
-    groups = [(root, -1)] + [
-        (d, 0 if d.name.lower() in NORMAL_DIRS else 1)
-        for d in sorted(root.iterdir())
-        if d.is_dir() and d.name != MASK_DIR and not d.name.startswith(".")
-    ]
+    suffix = MASK_SUFFIX if mask_suffix is None else mask_suffix
+    mask_dir = Path(mask_dir).expanduser() if mask_dir is not None else None
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise DatasetError(f"folder: mask_dir {mask_dir} is not a directory")
+    if (root / split).is_dir():
+        root = root / split
+    skip = [mask_dir] if mask_dir is not None else []
+    cat_dirs = {d.name: d for d in _category_dirs(root, skip)}
     records = []
-    for folder, label in groups:
-        images = list_images(folder)
-        masks = [None] * len(images)
-        if label != 0:
-            sub_masks = root / MASK_DIR / folder.name
-            masks = pair_by_stem(images, sub_masks if folder != root and sub_masks.is_dir() else root / MASK_DIR)
-        records += [SampleRecord(str(p), m, label, cat, NAME) for p, m in zip(images, masks)]
+    for cat in select_categories(categories, sorted(cat_dirs), NAME, root):
+        cat_dir = cat_dirs[cat]
+        for img in _images_under(cat_dir, suffix, skip):
+            label = _label(img.parent.relative_to(cat_dir).parts)
+            mask = None if label == 0 else _find_mask(img, cat_dir, suffix, mask_dir)
+            records.append(SampleRecord(str(img), mask, label, cat, NAME))
     return records
