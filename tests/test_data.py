@@ -168,6 +168,7 @@ def counts_of(ds):
     return {c: (v["normal"], v["anomalous"], v["with_mask"]) for c, v in ds.counts().items()}
 
 
+@pytest.mark.filterwarnings("ignore:.*anomalous images have no mask")  # asserted in test_bad_inputs_data
 def test_mvtec_layout_counts_pairing_and_messages(tmp_path, capsys):
     root = mvtec_tree(tmp_path / "mvtec", "bottle", defects=("broken", "crack"), n_normal=3)
     mvtec_tree(root, "cable", defects=("bent",), n_normal=1)
@@ -256,6 +257,7 @@ def test_yes_no_formats(tmp_path, name):
     assert counts_of(load_dataset(name, tmp_path, 8, verbose=False)) == {"brain": (2, 3, 0)}
 
 
+@pytest.mark.filterwarnings("ignore:.*anomalous images have no mask")  # asserted in test_bad_inputs_data
 def test_isic_all_anomalous_with_segmentation_masks(tmp_path):
     for i in (3, 12, 7):
         save(tmp_path / "ISBI2016_ISIC_Part1_Test_Data" / f"ISIC_{i:07d}.jpg")
@@ -307,6 +309,7 @@ def test_meta_json_relative_absolute_and_test_key(tmp_path):
         load_dataset("meta_json", tmp_path, 8, split="train")
 
 
+@pytest.mark.filterwarnings("ignore:.*anomalous images have no mask")  # asserted in test_bad_inputs_data
 def test_folder_labels_from_subfolders_and_unknown_flat(tmp_path):
     root = tmp_path / "parts"
     save(root / "loose.png")
