@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 from .base import (
-    DatasetError, PathLike, SampleRecord, is_image_file, pair_by_stem, select_categories,
+    DatasetError, PathLike, SampleRecord, is_image_file, list_images, select_categories,
 )
 
 NAME = "folder"
@@ -79,10 +79,38 @@ def _label(rel_dirs: Sequence[str]) -> int:
     return 0 if any(d.lower() in NORMAL_DIRS for d in rel_dirs) else 1
 
 
-def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path]) -> Optional[str]:
+class _MaskIndex:
+    """Each folder's image files by stem, listed once per search (a folder of N images costs N, not N^2)."""
+
+    def __init__(self):
+        self._by_dir = {}
+
+    def stems(self, folder: Path):
+        if folder not in self._by_dir:
+            exact, lowered = {}, {}
+            for m in list_images(folder):
+                exact.setdefault(m.stem, []).append(m)
+                lowered.setdefault(m.stem.lower(), []).append(m)
+            self._by_dir[folder] = (exact, lowered)
+        return self._by_dir[folder]
+
+    def find(self, img: Path, folder: Path, suffixes: Sequence[str]) -> Optional[str]:
+        """Like :func:`pair_by_stem` for one image: the first suffix that matches wins."""
+        exact, lowered = self.stems(folder)
+        for suffix in suffixes:
+            found = exact.get(img.stem + suffix) or lowered.get((img.stem + suffix).lower())
+            found = [f for f in (found or []) if f != img]
+            if len(found) > 1:
+                raise DatasetError(f"Image {img} matches several masks {[str(f) for f in found]}; keep one.")
+            if found:
+                return str(found[0])
+        return None
+
+
+def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path], index: _MaskIndex) -> Optional[str]:
     suffixes = tuple(dict.fromkeys(("", suffix or MASK_SUFFIX, MASK_SUFFIX, "_label")))
     if suffix:
-        beside = pair_by_stem([img], img.parent, (suffix,))[0]
+        beside = index.find(img, img.parent, (suffix,))
         if beside:
             return beside
     rel = img.parent.relative_to(cat_dir)
@@ -91,7 +119,7 @@ def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path]) 
         places += [cat_dir / name / rel, cat_dir / name]
     for place in places:
         if place.is_dir() and place != img.parent:
-            found = pair_by_stem([img], place, suffixes)[0]
+            found = index.find(img, place, suffixes)
             if found:
                 return found
     return None
@@ -127,11 +155,11 @@ def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, spl
         root = root / split
     skip = [mask_dir] if mask_dir is not None else []
     cat_dirs = {d.name: d for d in _category_dirs(root, skip)}
-    records = []
+    records, index = [], _MaskIndex()
     for cat in select_categories(categories, sorted(cat_dirs), NAME, root):
         cat_dir = cat_dirs[cat]
         for img in _images_under(cat_dir, suffix, skip):
             label = _label(img.parent.relative_to(cat_dir).parts)
-            mask = None if label == 0 else _find_mask(img, cat_dir, suffix, mask_dir)
+            mask = None if label == 0 else _find_mask(img, cat_dir, suffix, mask_dir, index)
             records.append(SampleRecord(str(img), mask, label, cat, NAME))
     return records
