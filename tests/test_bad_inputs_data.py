@@ -136,6 +136,21 @@ def test_folder_several_categories_each_with_good(tmp_path):
     assert ds.counts() == {c: {"normal": 1, "anomalous": 1, "with_mask": 1} for c in ("bottle", "cable")}
 
 
+def test_magnetic_tile_layout_masks_share_the_stem(tmp_path):
+    root = tmp_path / "MT_Blowhole" / "Imgs"
+    save(tmp_path / "good" / "f.jpg")  # (the real MT_Free/ must be renamed good/: any other name is a defect)
+    for stem, (w, h) in (("exp1_num_1", (217, 191)), ("exp1_num_2", (333, 517))):
+        save(root / f"{stem}.jpg", size=(w, h)), save(root / f"{stem}.png", block(h, w))
+    with pytest.raises(DatasetError, match=r"exp1_num_1.jpg and .*exp1_num_1.png share a stem; .*--mask-suffix .png"):
+        load_dataset("folder", tmp_path, 16, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_dataset("folder", tmp_path, 16, verbose=False, mask_suffix=".png")
+    assert names(ds.records) == {"f.jpg": (0, None), "exp1_num_1.jpg": (1, "exp1_num_1.png"),
+                                 "exp1_num_2.jpg": (1, "exp1_num_2.png")}
+    assert ds.check() == 3  # every mask matches its image's odd size
+
+
 # ---------------------------------------------------------------- anomalous images without masks
 @pytest.mark.parametrize("case", ["folder_missing", "mvtec_no_ground_truth", "mvtec_other_stem"])
 def test_missing_mask_is_named_in_a_warning(tmp_path, case):

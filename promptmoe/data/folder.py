@@ -12,7 +12,9 @@ Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datas
   root is the one category, named after it. A ``test/`` (``split``) folder is stepped into;
 * masks, optional, are found for each non-normal image, first match wins:
   1. *beside* the image: ``<stem>_mask.<ext>`` in the same folder (``mask_suffix`` changes
-     ``_mask``); such files are masks, never images;
+     ``_mask``); such files are masks, never images. A ``mask_suffix`` that starts with a dot
+     (``".png"``) is the Magnetic-tile rule: ``x.jpg``'s mask is ``x.png`` in the same folder.
+     Without it, two images sharing a stem in one folder are refused as ambiguous;
   2. in ``mask_dir`` (if given; at the image's relative subfolder, then flat), by stem;
   3. in ``<category>/masks/`` or ``<category>/ground_truth/`` (subfolder, then flat), by stem
      (``a.png`` <- ``masks/a.png`` or ``masks/a_mask.png``).
@@ -20,6 +22,7 @@ Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datas
 """
 from __future__ import annotations
 
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
@@ -55,8 +58,28 @@ def _category_dirs(root: Path, skip: Sequence[Path]) -> List[Path]:
     return cats or [root]
 
 
+def _is_ext_rule(suffix: str) -> bool:
+    return suffix.startswith(".")  # ".png": the mask is <stem>.png beside an image of another type
+
+
 def _is_beside_mask(path: Path, suffix: str) -> bool:
+    if _is_ext_rule(suffix):
+        return path.suffix.lower() == suffix.lower() and any(
+            q != path and q.suffix.lower() != suffix.lower() and is_image_file(q)
+            for q in path.parent.glob(glob_escape(path.stem) + ".*"))
     return bool(suffix) and path.stem.lower().endswith(suffix.lower())
+
+
+def _refuse_shared_stems(images: Sequence[Path]) -> None:
+    """Two images with one stem in one folder (x.jpg, x.png) are ambiguous: often image + mask."""
+    seen = {}
+    for p in images:
+        key = (p.parent, p.stem.lower())
+        if key in seen:
+            raise DatasetError(
+                f"folder: {seen[key]} and {p} share a stem; if the {p.suffix} files are masks, pass "
+                f"mask_suffix='{p.suffix.lower()}' (CLI: --mask-suffix {p.suffix.lower()}), else rename one.")
+        seen[key] = p
 
 
 def _images_under(cat_dir: Path, suffix: str, skip: Sequence[Path]) -> List[Path]:
@@ -70,6 +93,7 @@ def _images_under(cat_dir: Path, suffix: str, skip: Sequence[Path]) -> List[Path
             continue
         if p.is_file() and is_image_file(p) and not _is_beside_mask(p, suffix):
             out.append(p)
+    _refuse_shared_stems(out)
     return sorted(out, key=lambda p: (len(p.relative_to(cat_dir).parts) > 1, p))  # loose images first
 
 
@@ -108,8 +132,13 @@ class _MaskIndex:
 
 
 def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path], index: _MaskIndex) -> Optional[str]:
-    suffixes = tuple(dict.fromkeys(("", suffix or MASK_SUFFIX, MASK_SUFFIX, "_label")))
-    if suffix:
+    stem_suffix = MASK_SUFFIX if (not suffix or _is_ext_rule(suffix)) else suffix
+    suffixes = tuple(dict.fromkeys(("", stem_suffix, MASK_SUFFIX, "_label")))
+    if _is_ext_rule(suffix):
+        matches = [q for q in img.parent.glob(glob_escape(img.stem) + ".*") if q.suffix.lower() == suffix.lower()]
+        if matches and matches[0] != img:
+            return str(matches[0])
+    elif suffix:
         beside = index.find(img, img.parent, (suffix,))
         if beside:
             return beside
@@ -128,7 +157,8 @@ def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path], 
 def where_masks_looked(root: PathLike, mask_dir: Optional[PathLike] = None, mask_suffix: Optional[str] = None) -> str:
     """One sentence naming every place the folder format searched for a mask."""
     suffix = MASK_SUFFIX if mask_suffix is None else mask_suffix
-    places = [f"beside each image as <stem>{suffix}.*"] if suffix else []
+    rule = f"<stem>{suffix}" if _is_ext_rule(suffix) else f"<stem>{suffix}.*"
+    places = [f"beside each image as {rule}"] if suffix else []
     if mask_dir is not None:
         places.append(f"in {mask_dir} (and its subfolders)")
     places.append(f"in {Path(root)}/[<category>/]masks/ and ground_truth/ (and their subfolders)")
@@ -144,7 +174,8 @@ def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, spl
         categories: category names to keep (the root's name, or its category subfolders).
         split: only used to step into ``root/{split}/`` when it exists.
         mask_dir: an extra folder holding masks, matched by stem (also at the image's subfolder).
-        mask_suffix: the beside-the-image mask rule's suffix (default ``_mask``; ``""`` turns it off).
+        mask_suffix: the beside-the-image mask rule's suffix (default ``_mask``; ``""`` turns it off;
+            ``".png"``: same stem, that extension).
     """
     root = Path(root)
     suffix = MASK_SUFFIX if mask_suffix is None else mask_suffix
