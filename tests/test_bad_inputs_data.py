@@ -114,11 +114,11 @@ def _layout(root, kind):
             p.unlink()
         save(root / "test" / "good" / "g.png"), save(root / "test" / "hole" / "h.png")
         save(root / "ground_truth" / "hole" / "h_mask.png", block())
-        return {"g.png": (0, None), "h.png": (1, None)}, {}
+        return {"g.png": (0, None), "h.png": (1, "h_mask.png")}, {}
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["beside", "mask_dir", "masks_subfolder", "nested", "suffix"])
+@pytest.mark.parametrize("kind", ["beside", "mask_dir", "masks_subfolder", "nested", "suffix", "test_split"])
 def test_folder_layouts_pair_masks(tmp_path, kind):
     expected, opts = _layout(tmp_path / "parts", kind)
     with warnings.catch_warnings():

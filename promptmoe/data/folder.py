@@ -131,7 +131,8 @@ class _MaskIndex:
         return None
 
 
-def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path], index: _MaskIndex) -> Optional[str]:
+def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path], index: _MaskIndex,
+               outer: Optional[Path] = None) -> Optional[str]:
     stem_suffix = MASK_SUFFIX if (not suffix or _is_ext_rule(suffix)) else suffix
     suffixes = tuple(dict.fromkeys(("", stem_suffix, MASK_SUFFIX, "_label")))
     if _is_ext_rule(suffix):
@@ -144,8 +145,9 @@ def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path], 
             return beside
     rel = img.parent.relative_to(cat_dir)
     places = [mask_dir / rel, mask_dir] if mask_dir is not None else []
-    for name in MASK_DIRS:
-        places += [cat_dir / name / rel, cat_dir / name]
+    for base in (cat_dir, outer) if outer is not None else (cat_dir,):
+        for name in MASK_DIRS:  # outer: the folder above test/ (MVTec's ground_truth/ sits there)
+            places += [base / name / rel, base / name]
     for place in places:
         if place.is_dir() and place != img.parent:
             found = index.find(img, place, suffixes)
@@ -182,15 +184,16 @@ def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, spl
     mask_dir = Path(mask_dir).expanduser() if mask_dir is not None else None
     if mask_dir is not None and not mask_dir.is_dir():
         raise DatasetError(f"folder: mask_dir {mask_dir} is not a directory")
+    outer = None
     if (root / split).is_dir():
-        root = root / split
+        outer, root = root, root / split
     skip = [mask_dir] if mask_dir is not None else []
-    cat_dirs = {d.name: d for d in _category_dirs(root, skip)}
+    cat_dirs = {(outer.name if d == root and outer is not None else d.name): d for d in _category_dirs(root, skip)}
     records, index = [], _MaskIndex()
     for cat in select_categories(categories, sorted(cat_dirs), NAME, root):
         cat_dir = cat_dirs[cat]
         for img in _images_under(cat_dir, suffix, skip):
             label = _label(img.parent.relative_to(cat_dir).parts)
-            mask = None if label == 0 else _find_mask(img, cat_dir, suffix, mask_dir, index)
+            mask = None if label == 0 else _find_mask(img, cat_dir, suffix, mask_dir, index, outer)
             records.append(SampleRecord(str(img), mask, label, cat, NAME))
     return records
