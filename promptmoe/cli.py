@@ -58,7 +58,9 @@ def _overrides(pairs: List[str]) -> dict:
             parsed = value
         default = defaults.get(key)
         if not _same_kind(parsed, default):
-            raise UsageError(f"--set {pair!r}: {key} takes a {type(default).__name__} "
+            kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+                    list: "a list", tuple: "a list"}.get(type(default), type(default).__name__)
+            raise UsageError(f"--set {pair!r}: {key} takes {kind} "
                              f"(like {json.dumps(default)}), not {value!r}")
         out[key] = parsed
     return out

@@ -118,7 +118,7 @@ def _check_masks(dataset) -> None:
 def _complete_rows(path: Path) -> list:
     """The log's lines without a torn row: a last line lacking its newline (a kill mid-write) or
     any row with missing or non-numeric fields. Lines are kept byte for byte."""
-    text = Path(path).read_text()
+    text = Path(path).read_bytes().decode()  # bytes: keep the csv module's \r\n line ends
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     lines = text.splitlines(keepends=True)
@@ -149,7 +149,7 @@ def _trim_log(path: Path, steps: int) -> None:
     if path.exists():
         lines = _complete_rows(path)
         keep = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) < steps]
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes("".join(keep).encode()))
 
 
 def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, device=None,
