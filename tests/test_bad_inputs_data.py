@@ -302,6 +302,22 @@ def test_mean_over_categories_says_how_many_were_defined():
                         "pro_compat: mean of 1 of 3 categories")
 
 
+def test_all_zero_mask_on_anomalous_image_warned_by_check(tmp_path):
+    save(tmp_path / "r" / "good" / "g.png"), save(tmp_path / "r" / "bad" / "b.png")
+    save(tmp_path / "r" / "bad" / "b_mask.png", block(value=100))  # faint: empty under the > 127 rule
+    ds = load_dataset("folder", tmp_path / "r", 16, verbose=False)
+    with pytest.warns(UserWarning, match=r"r: 1 anomalous image\(s\) have an all-zero mask .*b_mask.png"):
+        assert ds.check() == 2
+
+
+def test_undefined_metric_prints_as_dash_in_markdown():
+    from promptmoe.evaluate import _markdown
+
+    df = pd.DataFrame({"pixel_auroc": [0.5, np.nan], "n_images": [3, 4]}, index=["a", "b"])
+    rows = [ln.replace(" ", "") for ln in _markdown(df, "t", {}).splitlines() if ln.startswith("|")]
+    assert rows[-2:] == ["|a|0.5|3|", "|b|-|4|"]
+
+
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_non_finite_map_names_the_image(bad):
     maps = np.zeros((2, 4, 4), np.float32)

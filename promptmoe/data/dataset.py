@@ -5,6 +5,7 @@ opened with :mod:`promptmoe.data.base`'s rules (EXIF, 16-bit, the documented mas
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -145,19 +146,27 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def check(self) -> int:
         """Open every image and mask (and compare their sizes); raise one DatasetError listing all bad files.
 
+        Warns (UserWarning) naming the anomalous images whose mask file is empty at its own size.
+
         Returns:
             The number of images checked.
         """
-        problems = []
+        problems, empty = [], []
         for rec in self._records:
             try:
                 size = load_image(rec.image_path).size
                 if rec.mask_path:
+                    mask = load_mask(rec.mask_path, threshold=self.mask_threshold)
                     self._mask_for(rec, size)
+                    if rec.gt_label == 1 and not mask.any():
+                        empty.append(rec.mask_path)
             except DatasetError as e:
                 problems.append(str(e))
         if problems:
             raise DatasetError(f"{len(problems)} bad file(s) in {self.name}:\n  " + "\n  ".join(problems))
+        if empty:
+            warnings.warn(f"{self.name}: {len(empty)} anomalous image(s) have an all-zero mask (after the mask "
+                          f"rule), e.g. {empty[:3]}; check the files or the mask_threshold.", UserWarning, stacklevel=2)
         return len(self._records)
 
     def __repr__(self) -> str:
