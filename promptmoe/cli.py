@@ -2,7 +2,10 @@
 
 Taught in chapters 5 and 6. Every command takes ``--preset`` (default: ``PROMPTMOE_PRESET``, else
 GPU -> paper, online CPU -> small, offline -> tiny) and exits non-zero on any error, printing what
-went wrong and what to do.
+went wrong and what to do: a bad value or file is one error line naming it and exit code 2, checked
+before the model is built or any image scored (``python -m promptmoe`` works the same).
+``eval --data`` takes ``NAME=ROOT`` or ``LABEL=FORMAT:ROOT`` (``mine=folder:~/photos``);
+``predict`` takes any mix of image files, folders and glob patterns.
 
 A full offline round trip (quick mode)::
 

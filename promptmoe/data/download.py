@@ -16,6 +16,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import http.client
 import lzma
 import os
 import tarfile
@@ -159,7 +160,7 @@ def download(url: str, dest: PathLike, sha256: Optional[str] = None, progress: b
         os.replace(tmp, dest)  # atomic on one file system: dest is either absent or complete
     except DatasetError:
         raise
-    except (OSError, ValueError) as e:  # URLError is an OSError
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
         raise DatasetError(f"Download of {url} failed: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)  # a no-op after the rename; removes the part file otherwise (Ctrl-C too)
