@@ -193,13 +193,13 @@ def cmd_eval(args) -> int:
     if earlier and not args.overwrite:
         raise UsageError(f"{out} holds an earlier report ({', '.join(earlier)}): pass --overwrite "
                          "to replace it, or choose another --out")
-    _check_out(args.out)
     options = _mask_options(args)
     folder_only = {k: v for k, v in options.items() if k in ("mask_dir", "mask_suffix")}
     if folder_only and not any(s.format == "folder" for s in specs):
         raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in folder_only)} only apply "
                          "to folder-format data (e.g. --data mine=folder:DIR)")
     config, _, _ = read_checkpoint(args.checkpoint)
+    _check_out(args.out)
     datasets = {}
     for spec in specs:
         kw = options if spec.format == "folder" else {k: v for k, v in options.items() if k not in folder_only}
@@ -223,9 +223,9 @@ def cmd_predict(args) -> int:
     threshold = _check_fraction(args.threshold, "--threshold")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    options = _mask_options(args)
     collect_inputs(args.input)  # names the input that does not exist or holds no image
     _check_out(args.out)
-    options = _mask_options(args)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, device=args.device)
     else:
