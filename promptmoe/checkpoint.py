@@ -26,14 +26,26 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what was asked; the message says why."""
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process umask applied: what ``open()`` would give a new file (0644 usually)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same folder, so the rename is atomic)."""
+    """Call ``write(tmp_path)`` then rename onto ``path`` (same folder, so the rename is atomic).
+
+    The file gets the permissions a plain ``open()`` would give it (umask applied, usually 0644),
+    not ``mkstemp``'s private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -70,8 +82,20 @@ def read_checkpoint(path) -> Tuple[PromptMoEConfig, Dict[str, torch.Tensor], Dic
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {err}") from err
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a PromptMoE checkpoint (format={metadata.get('format')!r})")
-    config = PromptMoEConfig.from_dict(json.loads(metadata["config"]))
-    meta = {k: json.loads(v) for k, v in metadata.items() if k not in ("format", "config")}
+    if "config" not in metadata:
+        raise CheckpointError(f"{path}: its metadata has no 'config' entry (written by another tool?)")
+    try:
+        config = PromptMoEConfig.from_dict(json.loads(metadata["config"]))
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: broken 'config' metadata: {err}") from err
+    meta = {}
+    for key, value in metadata.items():
+        if key in ("format", "config"):
+            continue
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: broken metadata entry {key!r}: {err}") from err
     return config, tensors, meta
 
 

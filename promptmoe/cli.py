@@ -2,7 +2,10 @@
 
 Taught in chapters 5 and 6. Every command takes ``--preset`` (default: ``PROMPTMOE_PRESET``, else
 GPU -> paper, online CPU -> small, offline -> tiny) and exits non-zero on any error, printing what
-went wrong and what to do.
+went wrong and what to do: a bad value or file is one error line naming it and exit code 2, checked
+before the model is built or any image scored (``python -m promptmoe`` works the same).
+``eval --data`` takes ``NAME=ROOT`` or ``LABEL=FORMAT:ROOT`` (``mine=folder:~/photos``);
+``predict`` takes any mix of image files, folders and glob patterns.
 
 A full offline round trip (quick mode)::
 
@@ -14,7 +17,10 @@ A full offline round trip (quick mode)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -28,23 +34,111 @@ def _preset(name: Optional[str]) -> str:
     return name or default_preset()
 
 
+class UsageError(ValueError):
+    """A bad command-line value; main() prints it on one line and exits with code 2."""
+
+
 def _overrides(pairs: List[str]) -> dict:
-    """--set key=value pairs; values parsed as JSON when they can be (numbers, lists, booleans)."""
+    """--set key=value pairs; values parsed as JSON when they can be (numbers, lists, booleans).
+
+    An unknown key, or a value of the wrong type for its field, is an error naming the pair.
+    """
+    from .config import PromptMoEConfig
+
+    fields = {f.name: f for f in dataclasses.fields(PromptMoEConfig)}
+    defaults = PromptMoEConfig.tiny().to_dict()
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--set {pair!r}: write it as key=value, e.g. --set top_k=2")
+            raise UsageError(f"--set {pair!r}: write it as key=value, e.g. --set top_k=2")
         key, value = pair.split("=", 1)
+        if key not in fields:
+            raise UsageError(f"--set {pair!r}: unknown config key {key!r}; known keys: "
+                             f"{', '.join(sorted(fields))}")
         try:
-            out[key] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            parsed = value
+        default = defaults.get(key)
+        if not _same_kind(parsed, default):
+            kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+                    list: "a list", tuple: "a list"}.get(type(default), type(default).__name__)
+            raise UsageError(f"--set {pair!r}: {key} takes {kind} "
+                             f"(like {json.dumps(default)}), not {value!r}")
+        out[key] = parsed
+    return out
+
+
+def _same_kind(value, default) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple)) and all(_same_kind(v, default[0]) for v in value
+                                                        if default)
+    return isinstance(value, type(default))
+
+
+def _config(preset: str, changes: dict):
+    """The preset with ``changes``; an invalid combination is a UsageError naming the values."""
+    from .config import PromptMoEConfig
+
+    try:
+        return PromptMoEConfig.from_preset(preset, **changes)
+    except (TypeError, ValueError) as err:
+        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in changes.items())
+        raise UsageError(f"config {shown or '(preset ' + preset + ')'}: {err}") from err
+
+
+def _check_out(out, what: str = "--out") -> Path:
+    """Create ``out`` (a folder) and prove it writable BEFORE any long work; else a UsageError."""
+    try:
+        path = Path(out).expanduser()
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{what} {out}: is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".promptmoe-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except UsageError:
+        raise
+    except (OSError, ValueError) as err:  # read-only, no permission, a file as parent, NUL byte
+        raise UsageError(f"{what} {out!r} cannot be written: {err}") from err
+    return path
+
+
+def _check_fraction(value: float, what: str) -> float:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise UsageError(f"{what} {value!r}: must be a number in [0, 1]")
+    return value
+
+
+def _mask_options(args) -> dict:
+    """--mask-threshold / --mask-dir / --mask-suffix as load_dataset / score_images keywords."""
+    out = {}
+    if getattr(args, "mask_threshold", None) is not None:
+        t = args.mask_threshold
+        if not (math.isfinite(t) and 0 <= t < 65535):
+            raise UsageError(f"--mask-threshold {t!r}: must be a raw mask value in [0, 65535)")
+        out["mask_threshold"] = t
+    if getattr(args, "mask_dir", None) is not None:
+        if not Path(args.mask_dir).expanduser().is_dir():
+            raise UsageError(f"--mask-dir {args.mask_dir}: no such folder")
+        out["mask_dir"] = Path(args.mask_dir).expanduser()
+    if getattr(args, "mask_suffix", None) is not None:
+        out["mask_suffix"] = args.mask_suffix
     return out
 
 
 def cmd_make_synthetic(args) -> int:
     from .data.synthetic import make_synthetic
 
+    root = Path(args.root)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"make-synthetic root {args.root}: is a file, not a folder")
     info = make_synthetic(args.root, seed=args.seed, size=args.size, overwrite=args.overwrite)
     print(f"synthetic data in {args.root}: seen set {Path(args.root) / 'seen'}, "
           f"unseen set {Path(args.root) / 'unseen'}")
@@ -57,7 +151,6 @@ def cmd_make_synthetic(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import PromptMoEConfig
     from .data import load_dataset
     from .train import train
 
@@ -65,10 +158,15 @@ def cmd_train(args) -> int:
     for field in ("epochs", "batch_size", "lr", "seed"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
-    config = PromptMoEConfig.from_preset(_preset(args.preset), **changes)
+    config = _config(_preset(args.preset), changes)
+    _check_out(args.out)
     ds = load_dataset(args.dataset, args.data, image_size=config.image_size,
-                      categories=args.categories, split=args.split)
-    label = f"{args.dataset}:{args.data}"
+                      categories=args.categories, split=args.split, **_mask_options(args))
+    label = f"{args.dataset}:{Path(args.data).expanduser().resolve()}"
+    if args.categories:
+        label += f" categories={','.join(sorted(args.categories))}"
+    if args.split != "test":
+        label += f" split={args.split}"
     # "auto": cache the frozen features when they fit in memory (the paper preset on MVTec AD
     # needs about 30 GB, so it does not on Colab); --no-cache never caches
     cache = False if args.no_cache else "auto"
@@ -84,43 +182,74 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_model
-    from .data import load_dataset
+    from .checkpoint import load_model, read_checkpoint
+    from .data import load_dataset, validate_data_specs
     from .evaluate import evaluate
 
-    model, meta = load_model(args.checkpoint, device=args.device)
+    # every argument is checked before the model is built and before any image is scored
+    specs = validate_data_specs(args.data)
+    out = Path(args.out).expanduser()
+    earlier = [n for n in ("summary.csv", "per_category.csv", "summary.md") if (out / n).exists()]
+    if earlier and not args.overwrite:
+        raise UsageError(f"{out} holds an earlier report ({', '.join(earlier)}): pass --overwrite "
+                         "to replace it, or choose another --out")
+    options = _mask_options(args)
+    folder_only = {k: v for k, v in options.items() if k in ("mask_dir", "mask_suffix")}
+    if folder_only and not any(s.format == "folder" for s in specs):
+        raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in folder_only)} only apply "
+                         "to folder-format data (e.g. --data mine=folder:DIR)")
+    config, _, _ = read_checkpoint(args.checkpoint)
+    _check_out(args.out)
     datasets = {}
-    for spec in args.data:
-        if "=" not in spec:
-            raise ValueError(f"--data {spec!r}: write NAME=ROOT, e.g. --data visa=/data/visa")
-        name, root = spec.split("=", 1)
-        datasets[name] = load_dataset(name, root, image_size=model.config.image_size)
+    for spec in specs:
+        kw = options if spec.format == "folder" else {k: v for k, v in options.items() if k not in folder_only}
+        datasets[spec.label] = load_dataset(spec.format, spec.root, image_size=config.image_size,
+                                            label=spec.label, **kw)
+    model, meta = load_model(args.checkpoint, device=args.device)
     label = {"preset": model.config.preset, "trained on": str(meta.get("train_data", "?")),
-             "evaluated on": ", ".join(datasets)}
-    report = evaluate(model, datasets, out_dir=args.out, batch_size=args.batch_size,
+             "evaluated on": ", ".join(f"{s.label} ({s.format}: {s.root})" for s in specs)}
+    report = evaluate(model, datasets, out_dir=out, batch_size=args.batch_size,
                       compat=not args.no_compat, save_maps=args.save_maps, label=label)
     print(report.summary.to_string(index=False, float_format=lambda v: f"{100 * v:.1f}"))
-    print(f"reports in {args.out} (summary.md has the paper's numbers beside these)")
+    print(f"reports in {out} (summary.md has the paper's numbers beside these)")
     return 0
 
 
 def cmd_predict(args) -> int:
     from .checkpoint import load_model
-    from .config import PromptMoEConfig
     from .model import build_model
-    from .predict import score_images
+    from .predict import collect_inputs, score_images
 
+    threshold = _check_fraction(args.threshold, "--threshold")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    options = _mask_options(args)
+    collect_inputs(args.input)  # names the input that does not exist or holds no image
+    _check_out(args.out)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, device=args.device)
     else:
         preset = _preset(args.preset)
         print(f"no --checkpoint: running UNTRAINED prompts on the {preset} preset; "
               "scores and maps are not meaningful until you train (promptmoe train).")
-        model = build_model(PromptMoEConfig.from_preset(preset), device=args.device).eval()
-    table = score_images(model, args.input, args.out, threshold=args.threshold)
+        model = build_model(_config(preset, {}), device=args.device).eval()
+    table = score_images(model, args.input, args.out, threshold=threshold,
+                         batch_size=args.batch_size, save_maps=args.save_maps, **options)
     print(table.to_string(index=False))
     print(f"overlays and scores.csv in {args.out}")
     return 0
+
+
+def _add_mask_options(p, folder: bool = True) -> None:
+    p.add_argument("--mask-threshold", dest="mask_threshold", type=float, default=None,
+                   help="mask foreground = raw value > this (default: the documented rule: class-id "
+                   "masks > 0, else > 127 for 8-bit, so JPEG ringing does not grow the defect)")
+    if folder:
+        p.add_argument("--mask-dir", dest="mask_dir", default=None,
+                       help="folder format: a separate folder of masks (matched by file stem)")
+        p.add_argument("--mask-suffix", dest="mask_suffix", default=None,
+                       help="folder format: suffix of masks beside their images (default _mask, "
+                       "i.e. <stem>_mask.png)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_make_synthetic)
 
     t = sub.add_parser("train", help="train the prompts on an auxiliary dataset",
-                       description="Train PromptMoE's prompts (the paper: on the MVTec AD test split).")
+                       description="Train PromptMoE's prompts (the paper: on the MVTec AD test split). "
+                       "Every anomalous training image needs a mask: one without is an error that "
+                       "names it (the pixel losses cannot be computed, and counting it as all-normal "
+                       "would teach the wrong thing). --resume refuses other data than the checkpoint's.")
     t.add_argument("--data", required=True, help="dataset root folder")
     t.add_argument("--dataset", default="mvtec", help="format name (mvtec, visa, synthetic, ...)")
     t.add_argument("--categories", nargs="*", default=None, help="only these categories")
@@ -161,34 +293,51 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=0, help="data loader workers")
     t.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
+    _add_mask_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot evaluation on one or more datasets",
                        description="Evaluate a checkpoint; writes per-category and summary tables "
                        "(CSV + Markdown, with the paper's numbers) and routing statistics.")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", nargs="+", required=True, metavar="NAME=ROOT",
-                   help="datasets to evaluate, e.g. visa=/data/visa mpdd=/data/mpdd")
+    e.add_argument("--data", nargs="+", required=True, metavar="NAME=ROOT|LABEL=FORMAT:ROOT",
+                   help="datasets to evaluate, e.g. visa=/data/visa mine=folder:~/photos "
+                   "(the label names the report rows; the same format twice keeps both)")
     e.add_argument("--out", required=True)
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     e.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     e.add_argument("--save-maps", action="store_true", help="also save every anomaly map (.npz)")
     e.add_argument("--no-compat", action="store_true", help="skip the slow compat PRO")
     e.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
+    _add_mask_options(e)
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("predict", help="score an image or a folder and write overlays",
-                       description="Score images: anomaly score, label at --threshold, overlay PNG.")
-    r.add_argument("input", help="an image file or a folder of images")
+    r = sub.add_parser("predict", help="score images, folders or globs and write overlays",
+                       description="Score images: anomaly score, label at --threshold, overlay PNG "
+                       "at each image's original size.")
+    r.add_argument("input", nargs="+", help="image files, folders of images, or glob patterns")
     r.add_argument("--checkpoint", default=None, help="trained checkpoint (else untrained prompts)")
     r.add_argument("--preset", choices=("paper", "small", "tiny"), default=None,
                    help="preset when no checkpoint is given")
-    r.add_argument("--threshold", type=float, default=0.5)
+    r.add_argument("--threshold", type=float, default=0.5,
+                   help="label an image anomalous when its score is above this (in [0, 1])")
     r.add_argument("--out", default="predictions")
     r.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
+    r.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    r.add_argument("--save-maps", action="store_true",
+                   help="also save each anomaly map (.npy, original size)")
+    _add_mask_options(r)
     r.set_defaults(func=cmd_predict)
     return p
+
+
+def _print_error(command: str, err: BaseException) -> None:
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    print(f"promptmoe {command}: error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -198,11 +347,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return args.func(args)
-    except (DatasetError, CheckpointError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"promptmoe {args.command}: error: {err}", file=sys.stderr)
+    except (DatasetError, CheckpointError, ValueError, OSError) as err:
+        # no traceback: one error line naming the value or file at fault (then, for data, the
+        # expected layout)
+        _print_error(args.command, err)
         return 2
     except RuntimeError as err:
-        print(f"promptmoe {args.command}: error: {err}", file=sys.stderr)
+        _print_error(args.command, err)
         return 1
 
 

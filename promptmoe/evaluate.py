@@ -5,12 +5,20 @@ every image; metrics follow REFERENCE.md D8 (image AUROC/AP, pixel AUROC, AU-PRO
 PRO of most ZSAD papers); the dataset value is the mean over its categories, as in the paper.
 Pixel metrics use only images with a ground-truth mask (all normal images count: their mask is
 empty); a category whose anomalies have no masks (HeadCT, BrainMRI, Br35H) gets NaN there.
+Anomalous images without a mask are counted per category (``n_no_mask``) and left out of the pixel
+metrics; anomalous images whose mask is empty at the evaluation size are warned about and counted
+(``n_empty_mask``). A dataset's mean skips undefined (NaN) categories and says so: ``n_categories``
+and, when some were undefined, ``note`` (e.g. "pixel_auroc: mean of 2 of 3 categories"); the
+Markdown tables print an undefined value as "-". A non-finite score or map is an error naming the
+image. Report rows carry the reader's label (``dataset``) and the on-disk ``format``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -75,6 +83,23 @@ def _save_maps(path, pred: Predictions) -> None:
                             labels=pred.labels, paths=np.array(pred.paths))
 
 
+def check_finite(pred: Predictions, where: str = "") -> None:
+    """ValueError naming the first images whose score or anomaly map holds inf or NaN."""
+    bad_map = ~np.isfinite(pred.maps.reshape(len(pred.maps), -1)).all(axis=1)
+    bad = np.flatnonzero(bad_map | ~np.isfinite(pred.scores))
+    if bad.size:
+        names = [pred.paths[i] for i in bad[:3]]
+        raise ValueError(f"{where}{bad.size} image(s) got a non-finite (inf/NaN) score or anomaly map, e.g. "
+                         f"{names}: check the checkpoint and these inputs; no metric was computed.")
+
+
+def empty_masks(pred: Predictions) -> List[str]:
+    """Anomalous images whose mask file exists but is empty at the evaluation size."""
+    flat = pred.masks.reshape(len(pred.masks), -1)
+    empty = (pred.labels == 1) & pred.has_mask & ~flat.any(axis=1)
+    return [pred.paths[i] for i in np.flatnonzero(empty)]
+
+
 def category_metrics(pred: Predictions, compat: bool = True) -> Dict[str, float]:
     """Metrics of one category; pixel metrics over the images that have ground truth."""
     # normal images always have ground truth (an empty mask); anomalous ones only with a mask file
@@ -127,10 +152,21 @@ def evaluate(model, datasets: Mapping[str, object], out_dir=None, batch_size: in
     """
     rows, routing, kept = [], [], {}
     for name, ds in datasets.items():
+        fmt = getattr(ds, "format", name)
         for cat in tqdm(ds.categories, desc=f"evaluating {name}", disable=not progress):
             pred = predict(model, ds.subset(cat), batch_size=batch_size, progress=progress, desc=cat)
-            rows.append({"dataset": name, "category": cat, "n_images": len(pred.scores),
-                         "n_anomalous": int(pred.labels.sum()), **category_metrics(pred, compat)})
+            check_finite(pred, f"{name}/{cat}: ")
+            empty = empty_masks(pred)
+            if empty:
+                warnings.warn(f"{name}/{cat}: {len(empty)} anomalous image(s) have an empty mask at "
+                              f"{pred.masks.shape[-1]} px (an all-zero file, or a defect under one pixel "
+                              f"after resizing), e.g. {empty[:3]}; their pixels count as normal.",
+                              UserWarning, stacklevel=2)
+            anomalous = pred.labels == 1
+            rows.append({"dataset": name, "format": fmt, "category": cat, "n_images": len(pred.scores),
+                         "n_anomalous": int(anomalous.sum()),
+                         "n_no_mask": int((anomalous & ~pred.has_mask.astype(bool)).sum()),
+                         "n_empty_mask": len(empty), **category_metrics(pred, compat)})
             if pred.routing:
                 t = routing_table(pred, name, model.config.layers)
                 routing.append(t.assign(category=cat))
@@ -141,7 +177,7 @@ def evaluate(model, datasets: Mapping[str, object], out_dir=None, batch_size: in
             if keep_predictions:
                 kept[f"{name}/{cat}"] = pred
     per_cat = pd.DataFrame(rows)
-    summary = per_cat.groupby("dataset", sort=False)[list(METRIC_COLUMNS)].mean().reset_index()
+    summary = summarise(per_cat)
     route = pd.concat(routing, ignore_index=True) if routing else pd.DataFrame()
     if not route.empty:  # per dataset: sum counts over categories
         route = (route.groupby(["dataset", "branch", "layer", "expert"], sort=False)
@@ -150,6 +186,29 @@ def evaluate(model, datasets: Mapping[str, object], out_dir=None, batch_size: in
     if out_dir is not None:
         write_report(report, out_dir, label or {})
     return report
+
+
+def summarise(per_cat: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset: the mean of each metric over the categories where it is defined.
+
+    Columns: dataset, format, the metrics, ``n_categories``, ``n_no_mask`` (summed) and ``note``
+    naming each metric averaged over fewer categories than the dataset has ("" when none).
+    """
+    rows = []
+    for name, g in per_cat.groupby("dataset", sort=False):
+        row = {"dataset": name, "format": g["format"].iloc[0] if "format" in g else name}
+        notes = []
+        for m in METRIC_COLUMNS:
+            defined = int(g[m].notna().sum())
+            row[m] = float(g[m].mean()) if defined else float("nan")
+            if 0 < defined < len(g):
+                notes.append(f"{m}: mean of {defined} of {len(g)} categories")
+            elif defined == 0 and len(g):
+                notes.append(f"{m}: undefined in all {len(g)} categories")
+        row.update(n_categories=len(g), n_no_mask=int(g["n_no_mask"].sum()) if "n_no_mask" in g else 0,
+                   note="; ".join(notes))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["dataset", "format", *METRIC_COLUMNS, "n_categories", "n_no_mask", "note"])
 
 
 def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -170,11 +229,17 @@ def _markdown(df: pd.DataFrame, title: str, label: Mapping[str, str]) -> str:
     if label.get("preset") == "tiny":
         note = ("\n> Quick mode: the tiny preset is a random CLIP; these numbers show that the code "
                 "runs, not what the method achieves.\n")
+    shown = df.copy()
+    for col in shown.columns:  # undefined metrics print as "-", never as a number
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = [("-" if np.isnan(v) else f"{v:.1f}") for v in shown[col]]
+    table = shown.to_markdown(disable_numparse=True, stralign="right")
+    legend = "\n\n\"-\": undefined (one class only, or no masks); means skip it (see n_categories, note).\n"
     if any(c.startswith("pro_compat") for c in df.columns):
         from .paper import PRO_NOTE
 
         note += f"\n> {PRO_NOTE}\n"
-    return f"# {title}\n\nThis run: {what}.{note}\n\n{df.to_markdown(floatfmt='.1f')}\n"
+    return f"# {title}\n\nThis run: {what}.{note}\n\n{table}{legend}"
 
 
 def write_report(report: EvalReport, out_dir, label: Mapping[str, str]) -> None:
@@ -184,6 +249,10 @@ def write_report(report: EvalReport, out_dir, label: Mapping[str, str]) -> None:
     pct = report.per_category.copy()
     pct[list(METRIC_COLUMNS)] = pct[list(METRIC_COLUMNS)] * 100
     side = paper_table(report.summary)
+    by_name = report.summary.set_index("dataset")
+    for col in ("format", "n_categories", "n_no_mask", "note"):
+        if col in by_name:
+            side[col] = by_name[col].values
     files = {
         "per_category.csv": lambda p: report.per_category.to_csv(p, index=False),
         "summary.csv": lambda p: side.to_csv(p),

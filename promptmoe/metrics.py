@@ -40,8 +40,9 @@ def _check_image_inputs(labels, scores) -> Tuple[np.ndarray, np.ndarray]:
     if labels.shape != scores.shape:
         raise ValueError(f"labels has {labels.size} entries but scores has {scores.size}; "
                          "pass one label and one score per image.")
-    if np.isnan(scores).any():
-        raise ValueError("scores contains NaN; check the model output before evaluating.")
+    if not np.isfinite(scores).all():
+        kind = "NaN" if np.isnan(scores).any() else "inf"
+        raise ValueError(f"scores contains {kind}; check the model output before evaluating.")
     if labels.size and not np.isin(labels, (0, 1)).all():
         raise ValueError(f"labels must be 0 (normal) or 1 (anomalous), got {np.unique(labels)}.")
     return labels.astype(np.int64), scores
@@ -133,8 +134,9 @@ def _pixel_stats(masks, maps) -> _PixelStats:
     num_regions, i_neg, i_pos = 0, 0, 0
     for i, (m, a) in enumerate(zip(masks, maps)):
         a = np.asarray(a, dtype=np.float32)  # (H, W), one image at a time: no full float64 copy
-        if np.isnan(a).any():
-            raise ValueError(f"maps[{i}] contains NaN; check the model output before evaluating.")
+        if not np.isfinite(a).all():  # inf would sort as a perfect score and skew every metric
+            kind = "NaN" if np.isnan(a).any() else "inf"
+            raise ValueError(f"maps[{i}] contains {kind}; check the model output before evaluating.")
         m = m.astype(bool, copy=False)
         regions, n = ndimage.label(m, structure=_EIGHT_CONNECTED)  # (H, W) 0 = normal
         k = regions.size - int(m.sum())

@@ -9,7 +9,11 @@ first ``warmup_epochs``, then ``lr``; batch 16; no augmentation; seeded.
 * A checkpoint (trainable tensors + Adam state + config) is written atomically after every epoch;
   ``resume=True`` continues an interrupted run and reaches the same weights as an uninterrupted
   one (the shuffling of epoch e depends only on (seed, e)).
-* Every loss term of every step goes to ``train_log.csv``.
+* Every loss term of every step goes to ``train_log.csv``; on resume, rows the checkpoint does not
+  cover and a torn last row (a kill mid-write) are dropped.
+* ``resume`` refuses other data than the checkpoint was trained on (its label and image count).
+* Every anomalous training image needs a mask: one without is an error naming it (its pixel
+  losses cannot be computed, and an all-normal target would teach the wrong thing).
 """
 from __future__ import annotations
 
@@ -84,21 +88,69 @@ class TrainResult:
     checkpoint: Path
 
 
-def _check_resume(path: Path, config: PromptMoEConfig):
+def _check_resume(path: Path, config: PromptMoEConfig, train_data: str = "", n_images=None):
     saved, tensors, meta = read_checkpoint(path)
     diff = config_differences(saved, config, ignore=RESUMABLE_CHANGES)
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"cannot resume from {path}: it was trained with another config ({lines})")
+    before = str(meta.get("train_data") or "")
+    if before and train_data and before != train_data:
+        raise CheckpointError(f"cannot resume from {path}: it was trained on {before!r}, now the data "
+                              f"is {train_data!r}; resume with the same data or choose another --out")
+    if n_images is not None and meta.get("n_images") not in (None, n_images):
+        raise CheckpointError(f"cannot resume from {path}: it was trained on {meta['n_images']} images "
+                              f"of {before or 'its data'!r}, now there are {n_images}"
+                              f"{' of ' + repr(train_data) if train_data else ''}")
     return tensors, meta
 
 
+def _check_masks(dataset) -> None:
+    """Refuse anomalous training images without a mask (named), see the module docstring."""
+    missing = dataset.missing_masks() if hasattr(dataset, "missing_masks") else []
+    if missing:
+        shown = ", ".join(str(m) for m in missing[:5]) + (f" and {len(missing) - 5} more"
+                                                         if len(missing) > 5 else "")
+        raise ValueError(f"{len(missing)} anomalous training images have no mask ({shown}): training "
+                         "needs a mask for every anomalous image; add the masks (--mask-dir / "
+                         "--mask-suffix for the folder format) or leave those images out")
+
+
+def _complete_rows(path: Path) -> list:
+    """The log's lines without a torn row: a last line lacking its newline (a kill mid-write) or
+    any row with missing or non-numeric fields. Lines are kept byte for byte."""
+    text = Path(path).read_bytes().decode()  # bytes: keep the csv module's \r\n line ends
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return [",".join(LOG_COLUMNS) + "\n"]
+    good = [lines[0]]
+    for line in lines[1:]:
+        fields = line.rstrip("\r\n").split(",")
+        try:
+            ok = len(fields) == len(LOG_COLUMNS) and int(fields[0]) >= 0 and all(
+                isinstance(float(f), float) for f in fields)
+        except ValueError:
+            ok = False
+        if ok:
+            good.append(line)
+    return good
+
+
+def read_log(path: Path) -> pd.DataFrame:
+    """``train_log.csv`` as a table, without a torn last row."""
+    import io
+
+    return pd.read_csv(io.StringIO("".join(_complete_rows(path))))
+
+
 def _trim_log(path: Path, steps: int) -> None:
-    """Keep the first ``steps`` logged steps (those covered by the checkpoint)."""
+    """Keep the first ``steps`` logged steps (those covered by the checkpoint), byte for byte."""
     if path.exists():
-        rows = pd.read_csv(path)
-        keep = rows[rows["step"] < steps]
-        atomic_write(path, lambda tmp: keep.to_csv(tmp, index=False))
+        lines = _complete_rows(path)
+        keep = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) < steps]
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes("".join(keep).encode()))
 
 
 def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, device=None,
@@ -126,12 +178,13 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
         raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
+    _check_masks(dataset)
     model = (model or build_model(config, device=device)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
     start_epoch = 0
     if resume:
-        tensors, meta = _check_resume(ckpt_path, config)
+        tensors, meta = _check_resume(ckpt_path, config, train_data, len(dataset))
         load_into(model, tensors, ckpt_path)
         load_optimizer(optimizer, model, tensors)
         start_epoch = int(meta["epoch"])
@@ -184,6 +237,7 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
             save_checkpoint(ckpt_path, model, config, optimizer,
                             meta={"epoch": epoch + 1, "global_step": (epoch + 1) * steps_per_epoch,
                                   "clip_seed": TINY_CLIP_SEED, "train_data": train_data,
+                                  "n_images": n,
                                   "preset": config.preset})
     model.eval()
     return TrainResult(model, pd.read_csv(log_path), ckpt_path)

@@ -3,6 +3,7 @@ import sys
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from promptmoe.cli import main
 
@@ -108,15 +109,18 @@ def test_eval_and_predict_pick_cuda_when_available(fake_cuda, tiny_checkpoint, t
         used.append(next(model.parameters()).device),
         types.SimpleNamespace(summary=pd.DataFrame({"image_auroc": [0.5]})))[1])
     monkeypatch.setattr(promptmoe.predict, "score_images", lambda model, *a, **k: pd.DataFrame())
-    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", "synthetic=x",
+    photos = tmp_path / "photos"  # predict checks its inputs before building the model
+    photos.mkdir()
+    Image.new("RGB", (40, 30)).save(photos / "a.png")
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", f"synthetic={tmp_path}",
                  "--out", str(tmp_path / "e")]) == 0
     assert fake_cuda.moves[-1].type == "cuda" and used
-    assert main(["predict", str(tmp_path), "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert main(["predict", str(photos), "--checkpoint", str(tiny_checkpoint)]) == 0
     assert fake_cuda.moves[-1].type == "cuda"
-    assert main(["predict", str(tmp_path), "--preset", "tiny"]) == 0  # untrained: build_model
+    assert main(["predict", str(photos), "--preset", "tiny"]) == 0  # untrained: build_model
     assert fake_cuda.moves[-1].type == "cuda"
     # --device overrides the rule
-    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", "synthetic=x",
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", f"synthetic={tmp_path}",
                  "--out", str(tmp_path / "e"), "--device", "cpu"]) == 0
     assert fake_cuda.moves[-1].type == "cpu"
 

@@ -6,12 +6,18 @@ Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datas
 turns those records into an :class:`AnomalyDataset`::
 
     ds = load_dataset("mvtec", "~/data/mvtec", image_size=518)
+
+A reader names a set on the command line as ``NAME=ROOT`` (NAME is both the format and the label)
+or ``LABEL=FORMAT:ROOT`` (``mine=folder:~/photos``); :func:`parse_data_spec` reads one such spec
+and :func:`validate_data_specs` a list of them, before any model is built.
 """
 from __future__ import annotations
 
 import importlib
+import re
+import warnings
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Union
 
 from . import btad, br35h, brainmri, dagm, dtd, folder, headct, isic, meta_json, mpdd, mvtec, polyp, sdd, visa
 from .base import (
@@ -21,8 +27,10 @@ from .base import (
     AnomalyDataset,
     DatasetError,
     SampleRecord,
+    CLASS_ID_MAX,
     load_image,
     load_mask,
+    mask_foreground,
     pair_by_stem,
     resize_mask,
 )
@@ -89,42 +97,136 @@ def expected_counts_line(name: str, ds: AnomalyDataset) -> Optional[str]:
     )
 
 
+IMAGE_LEVEL_FORMATS = frozenset({"headct", "brainmri", "br35h"})  # no masks by design: no warning
+FOLDER_ONLY_OPTIONS = ("mask_dir", "mask_suffix")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class DataSpec(NamedTuple):
+    """One data set a reader names: its label (report rows, output folders), format and root."""
+
+    label: str
+    format: str
+    root: Path
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Read ``NAME=ROOT`` (NAME is the format and the label) or ``LABEL=FORMAT:ROOT``.
+
+    ``ROOT`` may itself contain ``:`` (``mvtec=/data/a:b``); a prefix before the first ``:`` counts
+    as a format only when it is a known one. Raises DatasetError naming the spec for a missing
+    ``=``, a bad label, an unknown format or a root that does not exist.
+    """
+    if not isinstance(spec, str) or "=" not in spec:
+        raise DatasetError(f"data spec {spec!r} must be NAME=ROOT or LABEL=FORMAT:ROOT "
+                           f"(e.g. mvtec=~/data/mvtec or mine=folder:~/photos)")
+    label, rest = (x.strip() for x in spec.split("=", 1))
+    fmt, root = None, rest
+    if ":" in rest:
+        head, tail = rest.split(":", 1)
+        if head in DATASETS:
+            fmt, root = head, tail
+    if fmt is None:
+        if label not in DATASETS:
+            raise DatasetError(
+                f"data spec {spec!r}: {label!r} is not a dataset format, so name one: "
+                f"{label}=FORMAT:ROOT with FORMAT in {sorted(DATASETS)}")
+        fmt = label
+    if not _LABEL_RE.match(label):
+        raise DatasetError(f"data spec {spec!r}: label {label!r} must be letters, digits and _.+- "
+                           "(it names report rows and output folders)")
+    if not root:
+        raise DatasetError(f"data spec {spec!r} has no root folder after the format")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DatasetError(f"data spec {spec!r}: root {path} does not exist.\n{_layout_hint(get_format(fmt))}")
+    return DataSpec(label, fmt, path)
+
+
+def validate_data_specs(specs: Sequence[Union[str, DataSpec]]) -> List[DataSpec]:
+    """Parse every spec; duplicate labels are an error (the same format under two labels is fine)."""
+    parsed = [s if isinstance(s, DataSpec) else parse_data_spec(s) for s in specs]
+    seen = {}
+    for raw, ds in zip(specs, parsed):
+        if ds.label in seen:
+            raise DatasetError(f"data specs {seen[ds.label]!r} and {raw!r} both use the label {ds.label!r}; "
+                               f"give each set its own label (LABEL=FORMAT:ROOT)")
+        seen[ds.label] = raw
+    return parsed
+
+
+def _warn_missing_masks(label: str, fmt: str, ds: AnomalyDataset, root: Path, **mask_options) -> None:
+    missing = ds.missing_masks()
+    if not missing or fmt in IMAGE_LEVEL_FORMATS:
+        return
+    n_anom = sum(r.gt_label == 1 for r in ds.records)
+    where = folder.where_masks_looked(root, **mask_options) if fmt == "folder" else _layout_hint(get_format(fmt))
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    warnings.warn(
+        f"{label}: {len(missing)} of {n_anom} anomalous images have no mask ({shown}); they count for "
+        f"the image metrics only and are excluded from the pixel metrics (column n_no_mask). {where}",
+        UserWarning, stacklevel=3)
+
+
 def load_dataset(
     name: str,
     root: Union[str, Path],
-    image_size: int,
+    image_size: Optional[int] = None,
     categories: Optional[Iterable[str]] = None,
     split: str = "test",
+    mask_threshold: Optional[float] = None,
+    mask_dir: Union[None, str, Path] = None,
+    mask_suffix: Optional[str] = None,
     original_size: bool = False,
     verbose: bool = True,
+    label: Optional[str] = None,
 ) -> AnomalyDataset:
     """Find a dataset's images under ``root`` and wrap them in an :class:`AnomalyDataset`.
 
     Args:
-        name: a key of :data:`DATASETS` (``"mvtec"``, ``"visa"``, ``"folder"`` ...).
-        root: the folder the format's ``LAYOUT`` starts from.
-        image_size: side S of the square model input (518 for the paper).
+        name: the format, a key of :data:`DATASETS` (``"mvtec"``, ``"visa"``, ``"folder"`` ...).
+        root: the folder the format's ``LAYOUT`` starts from (``meta_json``: also the file itself).
+        image_size: side S of the square model input; None = the paper preset's (518).
         categories: category names to keep; None = all found.
         split: ``"test"`` (default; the zero-shot protocol uses test splits only) or ``"train"``.
+        mask_threshold: None = the documented mask rule of :mod:`promptmoe.data.base` (class ids
+            ``> 0``, else ``> 127`` for 8-bit); a number = foreground is raw value > it.
+        mask_dir, mask_suffix: ``folder`` format only: an extra mask folder, and the suffix of masks
+            stored beside their images (default ``_mask``).
         original_size: also return each image's (H, W).
         verbose: print the per-category table and the comparison with the paper's counts.
+        label: the reader's name for the set (report rows); default ``name``.
+
+    Warns:
+        UserWarning naming the anomalous images that have no mask and where masks were sought.
 
     Raises:
         DatasetError: unknown name, missing or empty root, unknown categories, or no images found;
             the message shows the expected layout.
     """
     fmt = get_format(name)
+    if image_size is None:
+        from ..config import PromptMoEConfig
+
+        image_size = PromptMoEConfig.paper().image_size
     root = Path(root).expanduser()
+    extra = {k: v for k, v in (("mask_dir", mask_dir), ("mask_suffix", mask_suffix)) if v is not None}
+    if extra and name != "folder":
+        raise DatasetError(f"{name}: {' and '.join(extra)} only apply to the folder format")
+    if mask_threshold is not None and not (0 <= float(mask_threshold) < 65535):
+        raise DatasetError(f"mask_threshold must be in [0, 65535), got {mask_threshold!r}")
     if not root.exists():
         raise DatasetError(f"{name}: root {root} does not exist.\n{_layout_hint(fmt)}")
-    if not root.is_dir():
+    if not root.is_dir() and not (name == "meta_json" and root.is_file()):
         raise DatasetError(f"{name}: root {root} is not a directory.\n{_layout_hint(fmt)}")
-    if not any(root.iterdir()):
+    if root.is_dir() and not any(root.iterdir()):
         raise DatasetError(f"{name}: root {root} is empty.\n{_layout_hint(fmt)}")
-    records = fmt.find_samples(root, categories, split)
+    records = fmt.find_samples(root, categories, split, **extra)
     if not records:
         raise DatasetError(f"{name}: no {split} images found under {root}.\n{_layout_hint(fmt)}")
-    ds = AnomalyDataset(records, image_size, name=name, original_size=original_size)
+    ds = AnomalyDataset(records, image_size, name=label or name, original_size=original_size,
+                        mask_threshold=mask_threshold)
+    _warn_missing_masks(label or name, name, ds, root, **extra)
     if verbose:
         print(ds.summary())
         line = expected_counts_line(name, ds) if categories is None and split == "test" else None
@@ -133,8 +235,15 @@ def load_dataset(
     return ds
 
 
+def load_spec(spec: Union[str, DataSpec], image_size: Optional[int] = None, **options) -> AnomalyDataset:
+    """:func:`load_dataset` for one ``NAME=ROOT`` / ``LABEL=FORMAT:ROOT`` spec (label kept)."""
+    spec = spec if isinstance(spec, DataSpec) else parse_data_spec(spec)
+    return load_dataset(spec.format, spec.root, image_size, label=spec.label, **options)
+
+
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "IMAGE_EXTENSIONS", "AnomalyDataset", "DatasetError", "SampleRecord",
+    "CLIP_MEAN", "CLIP_STD", "CLASS_ID_MAX", "IMAGE_EXTENSIONS", "AnomalyDataset", "DatasetError", "SampleRecord",
+    "DataSpec", "parse_data_spec", "validate_data_specs", "load_spec", "mask_foreground",
     "DATASETS", "DISPLAY_NAMES", "PAPER_DATASETS", "get_format", "load_dataset", "load_image", "load_mask",
     "pair_by_stem", "resize_mask", "expected_counts_line",
 ]

@@ -1,20 +1,31 @@
-"""Shared pieces of every dataset loader: records, robust image/mask reading, the torch Dataset.
+"""Shared pieces of every dataset loader: records, robust image/mask reading (the torch Dataset: dataset.py).
 
 Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). Every on-disk format (``mvtec.py``, ``visa.py``, ...)
 only *finds* files and returns a list of :class:`SampleRecord`; everything that opens a file lives
-here, so one set of rules (RGB conversion, mask binarisation ``> 0``, CLIP normalisation) holds for
-all 15 datasets.
+here, so one set of rules (RGB conversion with EXIF orientation, mask binarisation, CLIP
+normalisation) holds for all 15 datasets.
+
+Mask rule (:func:`mask_foreground`): a mask whose largest value is at most ``CLASS_ID_MAX`` (31)
+holds class ids (VisA's 1, 2, 3 look black in a viewer) and its foreground is ``> 0``; any other
+mask is an intensity mask and its foreground is ``> 127`` (8-bit values) or ``> 32767`` (values above
+255: 16-bit), half its bit depth's range, so JPEG ringing (faint values around an edge) and
+anti-aliasing do not grow the foreground. Palette masks use their colours, ``> 0``. A reader's
+``mask_threshold`` replaces the rule: foreground is ``value > mask_threshold`` (0: the peers' ``> 0``).
+
+Images larger than ``MAX_IMAGE_PIXELS`` (PIL's decompression-bomb limit, 89.5 Mpx) are refused with
+a DatasetError naming the file; opt in to larger ones with the environment variable
+``PROMPTMOE_MAX_IMAGE_PIXELS`` (a pixel count, or ``0`` for no limit).
 """
 from __future__ import annotations
 
-from collections import Counter
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 # open_clip's OPENAI_DATASET_MEAN / OPENAI_DATASET_STD: the statistics CLIP was trained with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -23,6 +34,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 PathLike = Union[str, Path]
+CLASS_ID_MAX = 31  # a mask whose largest value is <= this holds class ids: foreground is > 0
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's default decompression-bomb limit
 
 
 class DatasetError(ValueError):
@@ -106,37 +119,84 @@ def select_categories(
     return requested
 
 
-def _open(path: PathLike) -> Image.Image:
+def max_image_pixels() -> Optional[int]:
+    """The largest image (pixels) we open: ``PROMPTMOE_MAX_IMAGE_PIXELS`` if set (0 = no limit)."""
+    raw = os.environ.get("PROMPTMOE_MAX_IMAGE_PIXELS", "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
     try:
-        img = Image.open(path)
+        value = int(raw)
+    except ValueError:
+        raise DatasetError(f"PROMPTMOE_MAX_IMAGE_PIXELS must be a pixel count (0 = no limit), got {raw!r}") from None
+    return None if value <= 0 else value
+
+
+def _open(path: PathLike) -> Image.Image:
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        w, h = img.size
+        if limit is not None and w * h > limit:
+            raise DatasetError(
+                f"Image {path} is {w}x{h} = {w * h:,} pixels, above the limit of {limit:,} (a possible "
+                "decompression bomb). If the file is genuine, set PROMPTMOE_MAX_IMAGE_PIXELS to a larger "
+                "count (0 = no limit) or shrink the image."
+            )
         img.load()  # decode now, so a truncated file fails here and not deep inside a DataLoader
         return img
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for broken files
+        if isinstance(e, DatasetError):
+            raise
         raise DatasetError(f"Cannot read image file {path}: {e}. Re-download or remove it.") from e
 
 
-def _sixteen_bit_to_uint8(arr: np.ndarray) -> np.ndarray:
-    # Scale by the format's full range, not the image's min/max: every image of a dataset then keeps
-    # the same intensity scale (a per-image stretch would change contrast image by image).
+def _sixteen_bit_to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    # Scale by the format's bit depth, not the image's min/max: every image of a dataset then keeps
+    # the same intensity scale (a per-image stretch, or reading a dark 16-bit image's values <= 255
+    # as 8-bit, would change brightness image by image).
     arr = arr.astype(np.float64)
-    if arr.max(initial=0) <= 255 and arr.min(initial=0) >= 0:
-        return arr.astype(np.uint8)  # an "I" image that only holds 8-bit values
-    if arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
+    if bits == 16 and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
         return np.round(arr / 257.0).astype(np.uint8)  # 65535 / 257 = 255 exactly
+    if arr.min(initial=0) >= 0 and arr.max(initial=0) <= 255:
+        return arr.astype(np.uint8)  # a 32-bit "I" image that only holds 8-bit values
+    if arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
+        return np.round(arr / 257.0).astype(np.uint8)
     lo, hi = arr.min(), arr.max()  # 32-bit data or negative values: no fixed range to use
     return np.round((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+
+
+def _bit_depth(img: Image.Image) -> int:
+    if img.mode.startswith("I;16"):
+        return 16
+    tag = getattr(img, "tag_v2", None)  # TIFF: BitsPerSample
+    bits = tag.get(258) if tag is not None else None
+    if isinstance(bits, tuple) and bits:
+        bits = bits[0]
+    return int(bits) if bits else (16 if img.format == "PNG" else 32)
 
 
 def load_image(path: PathLike) -> Image.Image:
     """Open any image as 8-bit RGB.
 
-    Grayscale and palette images are expanded, alpha is dropped, CMYK converted, and 16-bit
-    images (``I;16``, ``I``) rescaled by 65535/255 rather than clipped at 255 as PIL's
-    ``convert("L")`` would do. Raises DatasetError naming the file when it cannot be decoded.
+    The EXIF orientation tag is applied (a phone photo shows upright, as in a viewer, and its mask,
+    drawn on the upright image, matches). Grayscale and palette images are expanded, alpha is
+    dropped, CMYK converted, and 16-bit images (``I;16``) divided by 257 (65535 -> 255) by their bit
+    depth, whatever their own maximum, rather than clipped at 255 as PIL's ``convert("L")`` would
+    do. Raises DatasetError naming the file when it cannot be decoded or is too large.
     """
     img = _open(path)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError) as e:  # a malformed EXIF block
+        raise DatasetError(f"Cannot apply the EXIF orientation of {path}: {e}") from e
     if img.mode.startswith("I;16") or img.mode == "I":
-        img = Image.fromarray(_sixteen_bit_to_uint8(np.asarray(img)))
+        img = Image.fromarray(_sixteen_bit_to_uint8(np.asarray(img), _bit_depth(img)))
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         arr = arr * 255 if arr.max(initial=0) <= 1.0 else arr
@@ -146,25 +206,48 @@ def load_image(path: PathLike) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_mask(path: PathLike, size: Union[None, int, Tuple[int, int]] = None, threshold: float = 0) -> np.ndarray:
-    """Read a ground-truth mask as a boolean (H, W) array: foreground is any value ``> threshold``.
+def mask_foreground(arr: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+    """Binarise raw mask values (H, W) by the module's rule (see the module docstring).
 
-    ``> 0`` handles 0/255 masks, VisA's class ids (1, 2, ... look black in a viewer), soft or
-    anti-aliased edges, RGB masks (any channel) and 16-bit masks alike.
+    Args:
+        arr: (H, W) raw values (already reduced over colour channels).
+        threshold: None = the rule (class ids ``> 0``, else ``> 127`` / ``> 32767``); a number
+            = foreground is ``arr > threshold``.
+    """
+    if threshold is not None:
+        return arr > threshold
+    top = arr.max(initial=0)
+    if top <= CLASS_ID_MAX:
+        return arr > 0  # empty, binary 0/1, or class ids 1, 2, 3 ...
+    return arr > (127 if top <= 255 else 32767)
+
+
+def load_mask(path: PathLike, size: Union[None, int, Tuple[int, int]] = None,
+              threshold: Optional[float] = None) -> np.ndarray:
+    """Read a ground-truth mask as a boolean (H, W) array (foreground by :func:`mask_foreground`).
+
+    0/255 masks, VisA's class ids, JPEG masks with ringing, anti-aliased edges, RGB masks (any
+    channel) and 16-bit masks all binarise as drawn. EXIF orientation is applied, as for images.
 
     Args:
         path: the mask file.
         size: None keeps the original size; S or (H, W) resizes the *binary* mask as float with
             bilinear interpolation and keeps pixels > 0.5 (REFERENCE D8).
-        threshold: binarisation threshold on the raw values (0 as the peers use).
+        threshold: None = the documented rule; a number = foreground is raw value > threshold
+            (``0`` reproduces the peers' ``> 0``, which keeps JPEG ringing).
     """
     img = _open(path)
-    if img.mode in ("P", "PA"):
+    try:
+        img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError) as e:
+        raise DatasetError(f"Cannot apply the EXIF orientation of mask {path}: {e}") from e
+    palette = img.mode in ("P", "PA")
+    if palette:
         img = img.convert("RGB")  # palette indices are not intensities: use the colours shown
     arr = np.asarray(img)
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=-1) if arr.shape[-1] >= 3 else arr[..., 0]  # drop alpha
-    mask = arr > threshold
+    mask = (arr > 0) if palette and threshold is None else mask_foreground(arr, threshold)
     return mask if size is None else resize_mask(mask, size)
 
 
@@ -177,139 +260,5 @@ def resize_mask(mask: np.ndarray, size: Union[int, Tuple[int, int]]) -> np.ndarr
     return np.asarray(f) > 0.5
 
 
-class AnomalyDataset(torch.utils.data.Dataset):
-    """Images (resized, CLIP-normalised), labels and masks from a list of :class:`SampleRecord`.
-
-    Each item is a dict with anomalib's field names: ``image`` (3, S, S) float32, ``gt_label``
-    int64 scalar, ``gt_mask`` (S, S) float32 in {0, 1} (zeros without a mask), ``has_mask`` bool,
-    ``image_path``, ``mask_path`` ("" without a mask), ``category``, ``dataset``. With
-    ``original_size=True`` also ``original_size`` = (H, W): masks are still returned at S so that
-    batches stack; re-read them with :func:`load_mask` to score at the original resolution.
-    """
-
-    def __init__(self, records: Sequence[SampleRecord], image_size: int, name: str = "", original_size: bool = False):
-        if len(records) == 0:
-            raise DatasetError(f"Dataset {name!r} has no images: check the root folder and its layout.")
-        if int(image_size) <= 0:
-            raise DatasetError(f"image_size must be positive, got {image_size}")
-        self._records = list(records)
-        self.image_size = int(image_size)
-        self.name = name or self._records[0].dataset
-        self.original_size = original_size
-        self._mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def records(self) -> List[SampleRecord]:
-        return list(self._records)
-
-    @property
-    def categories(self) -> List[str]:
-        return sorted({r.category for r in self._records})
-
-    @property
-    def has_masks(self) -> bool:
-        return any(r.mask_path for r in self._records)
-
-    def _resized(self, img: Image.Image) -> Image.Image:
-        # open_clip's eval transform is Resize(bicubic) + CenterCrop; we resize straight to S x S so
-        # that no border of an image (and of its defect) is cropped away.
-        return img.resize((self.image_size, self.image_size), Image.BICUBIC)
-
-    def _mask_for(self, rec: SampleRecord, image_size_wh: Tuple[int, int]) -> np.ndarray:
-        mask = load_mask(rec.mask_path)
-        if mask.shape[::-1] != tuple(image_size_wh):
-            raise DatasetError(
-                f"Mask {rec.mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
-                f"{rec.image_path} is {image_size_wh[0]}x{image_size_wh[1]}: the pair does not match."
-            )
-        return resize_mask(mask, self.image_size)
-
-    def __getitem__(self, i: int) -> dict:
-        rec = self._records[i]
-        img = load_image(rec.image_path)
-        pixels = torch.from_numpy(np.asarray(self._resized(img), dtype=np.float32) / 255.0)  # (S, S, 3)
-        image = (pixels.permute(2, 0, 1) - self._mean) / self._std  # (3, S, S)
-        if rec.mask_path:
-            gt_mask = torch.from_numpy(self._mask_for(rec, img.size).astype(np.float32))  # (S, S)
-        else:
-            gt_mask = torch.zeros(self.image_size, self.image_size)
-        item = {
-            "image": image,
-            "gt_label": torch.tensor(rec.gt_label, dtype=torch.int64),
-            "gt_mask": gt_mask,
-            "has_mask": torch.tensor(bool(rec.mask_path)),
-            "image_path": rec.image_path,
-            "mask_path": rec.mask_path or "",
-            "category": rec.category,
-            "dataset": rec.dataset,
-        }
-        if self.original_size:
-            item["original_size"] = torch.tensor([img.size[1], img.size[0]], dtype=torch.long)  # (H, W)
-        return item
-
-    def display_image(self, i: int) -> np.ndarray:
-        """The resized, unnormalised image as uint8 (S, S, 3), for plots."""
-        return np.asarray(self._resized(load_image(self._records[i].image_path)), dtype=np.uint8)
-
-    def counts(self) -> Dict[str, Dict[str, int]]:
-        """Per category: normal / anomalous / with_mask counts (+ "unknown" where labels are -1)."""
-        out: Dict[str, Dict[str, int]] = {}
-        any_unknown = any(r.gt_label < 0 for r in self._records)
-        for cat in self.categories:
-            recs = [r for r in self._records if r.category == cat]
-            labels = Counter(r.gt_label for r in recs)
-            out[cat] = {"normal": labels[0], "anomalous": labels[1], "with_mask": sum(bool(r.mask_path) for r in recs)}
-            if any_unknown:
-                out[cat]["unknown"] = sum(n for lab, n in labels.items() if lab < 0)
-        return out
-
-    def summary(self) -> str:
-        """A printable per-category table of counts with a total row."""
-        counts = self.counts()
-        cols = list(next(iter(counts.values())).keys())
-        width = max(len("category"), len("total"), *(len(c) for c in counts))
-        head = f"{'category':<{width}} " + " ".join(f"{c:>10}" for c in cols) + f" {'images':>8}"
-        lines = [f"{self.name}: {len(self)} images, {len(counts)} categories, size {self.image_size}", head, "-" * len(head)]
-        totals = dict.fromkeys(cols, 0)
-        for cat, row in counts.items():
-            n = len([r for r in self._records if r.category == cat])
-            lines.append(f"{cat:<{width}} " + " ".join(f"{row[c]:>10}" for c in cols) + f" {n:>8}")
-            for c in cols:
-                totals[c] += row[c]
-        lines += ["-" * len(head), f"{'total':<{width}} " + " ".join(f"{totals[c]:>10}" for c in cols) + f" {len(self):>8}"]
-        return "\n".join(lines)
-
-    def subset(self, categories: Union[str, Iterable[str]]) -> "AnomalyDataset":
-        """A new dataset with only the given categories (same size and options)."""
-        keep = set(select_categories(categories, self.categories, self.name, "this dataset"))
-        recs = [r for r in self._records if r.category in keep]
-        return AnomalyDataset(recs, self.image_size, self.name, self.original_size)
-
-    def check(self) -> int:
-        """Open every image and mask (and compare their sizes); raise one DatasetError listing all bad files.
-
-        Returns:
-            The number of images checked.
-        """
-        problems = []
-        for rec in self._records:
-            try:
-                size = load_image(rec.image_path).size
-                if rec.mask_path:
-                    self._mask_for(rec, size)
-            except DatasetError as e:
-                problems.append(str(e))
-        if problems:
-            raise DatasetError(f"{len(problems)} bad file(s) in {self.name}:\n  " + "\n  ".join(problems))
-        return len(self._records)
-
-    def __repr__(self) -> str:
-        c = Counter(r.gt_label for r in self._records)
-        return (
-            f"AnomalyDataset(name={self.name!r}, images={len(self)}, normal={c[0]}, anomalous={c[1]}, "
-            f"categories={len(self.categories)}, image_size={self.image_size}, has_masks={self.has_masks})"
-        )
+# The torch Dataset lives in dataset.py (this file keeps records and file reading); re-exported here.
+from .dataset import AnomalyDataset  # noqa: E402

@@ -1,50 +1,199 @@
 """A plain folder of a reader's own images, with optional masks.
 
-Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets) and used by ``promptmoe predict``. Rules:
+Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets) and used by
+``promptmoe predict``. Rules:
 
-* images in subfolders get labels from the folder name: ``good`` / ``normal`` / ``ok`` -> 0,
-  any other subfolder (``scratch``, ``bad``, ...) -> 1;
-* images directly in the root have **no label** (``gt_label = -1``): such a folder can be scored
-  and visualised, not evaluated (metrics need labels; move the images into ``good/`` and a defect
-  folder for that);
-* masks, optional, live in ``root/masks/`` (or ``root/masks/<subfolder>/``) and are matched by stem
-  (``a.png`` <- ``masks/a.png`` or ``masks/a_mask.png``); normal images never get a mask.
-The category is the folder's name.
+* labels come from folder names, at any depth below the category folder: an image with a
+  ``good`` / ``normal`` / ``ok`` folder on its path -> 0; an image in any other subfolder
+  (``scratch/``, ``bad/crack/`` ...) -> 1; an image directly in the category folder has **no
+  label** (``gt_label = -1``): it can be scored and visualised, not evaluated;
+* categories: when subfolders of the root each hold a ``good`` (``normal`` / ``ok``) folder, each
+  such subfolder is a category (``root/bottle/good``, ``root/bottle/crack`` ...); otherwise the
+  root is the one category, named after it. A ``test/`` (``split``) folder is stepped into;
+* masks, optional, are found for each non-normal image, first match wins:
+  1. *beside* the image: ``<stem>_mask.<ext>`` in the same folder (``mask_suffix`` changes
+     ``_mask``); such files are masks, never images. A ``mask_suffix`` that starts with a dot
+     (``".png"``) is the Magnetic-tile rule: ``x.jpg``'s mask is ``x.png`` in the same folder.
+     Without it, two images sharing a stem in one folder are refused as ambiguous;
+  2. in ``mask_dir`` (if given; at the image's relative subfolder, then flat), by stem;
+  3. in ``<category>/masks/`` or ``<category>/ground_truth/`` (subfolder, then flat), by stem
+     (``a.png`` <- ``masks/a.png`` or ``masks/a_mask.png``).
+  Normal images never get a mask. :func:`where_masks_looked` says where a missing mask was sought.
 """
 from __future__ import annotations
 
+from glob import escape as glob_escape
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence
 
-from .base import PathLike, SampleRecord, list_images, pair_by_stem, select_categories
+from .base import (
+    DatasetError, PathLike, SampleRecord, is_image_file, list_images, select_categories,
+)
 
 NAME = "folder"
-CATEGORIES: tuple = ()  # the folder's own name
+CATEGORIES: tuple = ()  # the folder's own name, or its category subfolders
 NORMAL_DIRS = ("good", "normal", "ok")
 MASK_DIR = "masks"
+MASK_DIRS = ("masks", "ground_truth")  # inside a category: never read as images
+MASK_SUFFIX = "_mask"
 LAYOUT = """\
 my_images/                          <- root; its name becomes the category
-  good/a.png ...                     normal (also: normal/, ok/)          optional
-  scratch/b.png ...                  anomalous (any other folder name)   optional
+  good/a.png ...                     normal (also: normal/, ok/; any depth)  optional
+  scratch/b.png ...                  anomalous (any other folder, e.g. bad/crack/)  optional
+  scratch/b_mask.png ...             mask beside its image (<stem>_mask.*)   optional
   c.png ...                          label unknown (-1): predict only
-  masks/b_mask.png ...               optional, matched by stem (or masks/scratch/b.png)"""
+  masks/b.png ...                    or masks in masks/ (or masks/scratch/, ground_truth/), by stem
+or several categories:  my_images/{bottle,cable}/{good,crack}/...  (each with good/, normal/ or ok/)
+or masks anywhere else: --mask-dir DIR (matched by stem, also DIR/<subfolder>/)"""
 
 
-def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, split: str = "test") -> List[SampleRecord]:
-    """Every image in ``root`` and its subfolders (one level, ``masks/`` excluded); ``split`` is ignored."""
+def _dirs(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _category_dirs(root: Path, skip: Sequence[Path]) -> List[Path]:
+    """Subfolders of ``root`` that each hold a normal folder; [root] when there are none."""
+    cats = [d for d in _dirs(root) if d.name not in MASK_DIRS and d not in skip
+            and any(s.name.lower() in NORMAL_DIRS for s in _dirs(d))]
+    return cats or [root]
+
+
+def _is_ext_rule(suffix: str) -> bool:
+    return suffix.startswith(".")  # ".png": the mask is <stem>.png beside an image of another type
+
+
+def _is_beside_mask(path: Path, suffix: str) -> bool:
+    if _is_ext_rule(suffix):
+        return path.suffix.lower() == suffix.lower() and any(
+            q != path and q.suffix.lower() != suffix.lower() and is_image_file(q)
+            for q in path.parent.glob(glob_escape(path.stem) + ".*"))
+    return bool(suffix) and path.stem.lower().endswith(suffix.lower())
+
+
+def _refuse_shared_stems(images: Sequence[Path]) -> None:
+    """Two images with one stem in one folder (x.jpg, x.png) are ambiguous: often image + mask."""
+    seen = {}
+    for p in images:
+        key = (p.parent, p.stem.lower())
+        if key in seen:
+            raise DatasetError(
+                f"folder: {seen[key]} and {p} share a stem; if the {p.suffix} files are masks, pass "
+                f"mask_suffix='{p.suffix.lower()}' (CLI: --mask-suffix {p.suffix.lower()}), else rename one.")
+        seen[key] = p
+
+
+def _images_under(cat_dir: Path, suffix: str, skip: Sequence[Path]) -> List[Path]:
+    """Image files at any depth, excluding mask folders, ``skip`` folders and beside-masks."""
+    out = []
+    for p in sorted(cat_dir.rglob("*")):
+        rel = p.relative_to(cat_dir).parts
+        if any(part.startswith(".") for part in rel) or any(part in MASK_DIRS for part in rel[:-1]):
+            continue
+        if any(p == s or s in p.parents for s in skip):
+            continue
+        if p.is_file() and is_image_file(p) and not _is_beside_mask(p, suffix):
+            out.append(p)
+    _refuse_shared_stems(out)
+    return sorted(out, key=lambda p: (len(p.relative_to(cat_dir).parts) > 1, p))  # loose images first
+
+
+def _label(rel_dirs: Sequence[str]) -> int:
+    if not rel_dirs:
+        return -1
+    return 0 if any(d.lower() in NORMAL_DIRS for d in rel_dirs) else 1
+
+
+class _MaskIndex:
+    """Each folder's image files by stem, listed once per search (a folder of N images costs N, not N^2)."""
+
+    def __init__(self):
+        self._by_dir = {}
+
+    def stems(self, folder: Path):
+        if folder not in self._by_dir:
+            exact, lowered = {}, {}
+            for m in list_images(folder):
+                exact.setdefault(m.stem, []).append(m)
+                lowered.setdefault(m.stem.lower(), []).append(m)
+            self._by_dir[folder] = (exact, lowered)
+        return self._by_dir[folder]
+
+    def find(self, img: Path, folder: Path, suffixes: Sequence[str]) -> Optional[str]:
+        """Like :func:`pair_by_stem` for one image: the first suffix that matches wins."""
+        exact, lowered = self.stems(folder)
+        for suffix in suffixes:
+            found = exact.get(img.stem + suffix) or lowered.get((img.stem + suffix).lower())
+            found = [f for f in (found or []) if f != img]
+            if len(found) > 1:
+                raise DatasetError(f"Image {img} matches several masks {[str(f) for f in found]}; keep one.")
+            if found:
+                return str(found[0])
+        return None
+
+
+def _find_mask(img: Path, cat_dir: Path, suffix: str, mask_dir: Optional[Path], index: _MaskIndex,
+               outer: Optional[Path] = None) -> Optional[str]:
+    stem_suffix = MASK_SUFFIX if (not suffix or _is_ext_rule(suffix)) else suffix
+    suffixes = tuple(dict.fromkeys(("", stem_suffix, MASK_SUFFIX, "_label")))
+    if _is_ext_rule(suffix):
+        matches = [q for q in img.parent.glob(glob_escape(img.stem) + ".*") if q.suffix.lower() == suffix.lower()]
+        if matches and matches[0] != img:
+            return str(matches[0])
+    elif suffix:
+        beside = index.find(img, img.parent, (suffix,))
+        if beside:
+            return beside
+    rel = img.parent.relative_to(cat_dir)
+    places = [mask_dir / rel, mask_dir] if mask_dir is not None else []
+    for base in (cat_dir, outer) if outer is not None else (cat_dir,):
+        for name in MASK_DIRS:  # outer: the folder above test/ (MVTec's ground_truth/ sits there)
+            places += [base / name / rel, base / name]
+    for place in places:
+        if place.is_dir() and place != img.parent:
+            found = index.find(img, place, suffixes)
+            if found:
+                return found
+    return None
+
+
+def where_masks_looked(root: PathLike, mask_dir: Optional[PathLike] = None, mask_suffix: Optional[str] = None) -> str:
+    """One sentence naming every place the folder format searched for a mask."""
+    suffix = MASK_SUFFIX if mask_suffix is None else mask_suffix
+    rule = f"<stem>{suffix}" if _is_ext_rule(suffix) else f"<stem>{suffix}.*"
+    places = [f"beside each image as {rule}"] if suffix else []
+    if mask_dir is not None:
+        places.append(f"in {mask_dir} (and its subfolders)")
+    places.append(f"in {Path(root)}/[<category>/]masks/ and ground_truth/ (and their subfolders)")
+    return "looked " + "; ".join(places)
+
+
+def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, split: str = "test",
+                 mask_dir: Optional[PathLike] = None, mask_suffix: Optional[str] = None) -> List[SampleRecord]:
+    """Every image under ``root`` (any depth, mask folders excluded) with labels and masks by the rules above.
+
+    Args:
+        root: the folder (a ``{split}/`` folder inside it is stepped into).
+        categories: category names to keep (the root's name, or its category subfolders).
+        split: only used to step into ``root/{split}/`` when it exists.
+        mask_dir: an extra folder holding masks, matched by stem (also at the image's subfolder).
+        mask_suffix: the beside-the-image mask rule's suffix (default ``_mask``; ``""`` turns it off;
+            ``".png"``: same stem, that extension).
+    """
     root = Path(root)
-    cat = select_categories(categories, (root.name,), NAME, root)[0]
-    groups = [(root, -1)] + [
-        (d, 0 if d.name.lower() in NORMAL_DIRS else 1)
-        for d in sorted(root.iterdir())
-        if d.is_dir() and d.name != MASK_DIR and not d.name.startswith(".")
-    ]
-    records = []
-    for folder, label in groups:
-        images = list_images(folder)
-        masks = [None] * len(images)
-        if label != 0:
-            sub_masks = root / MASK_DIR / folder.name
-            masks = pair_by_stem(images, sub_masks if folder != root and sub_masks.is_dir() else root / MASK_DIR)
-        records += [SampleRecord(str(p), m, label, cat, NAME) for p, m in zip(images, masks)]
+    suffix = MASK_SUFFIX if mask_suffix is None else mask_suffix
+    mask_dir = Path(mask_dir).expanduser() if mask_dir is not None else None
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise DatasetError(f"folder: mask_dir {mask_dir} is not a directory")
+    outer = None
+    if (root / split).is_dir():
+        outer, root = root, root / split
+    skip = [mask_dir] if mask_dir is not None else []
+    cat_dirs = {(outer.name if d == root and outer is not None else d.name): d for d in _category_dirs(root, skip)}
+    records, index = [], _MaskIndex()
+    for cat in select_categories(categories, sorted(cat_dirs), NAME, root):
+        cat_dir = cat_dirs[cat]
+        for img in _images_under(cat_dir, suffix, skip):
+            label = _label(img.parent.relative_to(cat_dir).parts)
+            mask = None if label == 0 else _find_mask(img, cat_dir, suffix, mask_dir, index, outer)
+            records.append(SampleRecord(str(img), mask, label, cat, NAME))
     return records

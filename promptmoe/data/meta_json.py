@@ -36,26 +36,39 @@ def _resolve(root: Path, path: str) -> Optional[Path]:
 
 def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, split: str = "test") -> List[SampleRecord]:
     """Records listed under ``split`` in ``root/meta.json`` (or ``root`` itself when it is the file)."""
-    root = Path(root)
+    root = Path(root).expanduser()
     meta_path = root if root.is_file() else root / "meta.json"
     root = meta_path.parent
     if not meta_path.is_file():
-        return []
+        raise DatasetError(f"meta_json: no meta.json in {root} (pass the folder holding it, or the file itself)")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{meta_path} is not valid JSON: {e}") from e
-    keys = {k.lower(): k for k in meta} if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: the top level must be an object {{\"test\": {{class: [entries]}}}}, "
+                           f"got a JSON {type(meta).__name__}")
+    keys = {k.lower(): k for k in meta}
     if split.lower() not in keys:
         raise DatasetError(f"{meta_path} has no {split!r} split; its top-level keys are {sorted(keys.values())}")
     by_class = meta[keys[split.lower()]]
+    if not isinstance(by_class, dict):
+        raise DatasetError(f"{meta_path}: {keys[split.lower()]!r} must map class names to lists of entries, "
+                           f"got a JSON {type(by_class).__name__}")
     records, missing = [], []
     for cls in select_categories(categories, sorted(by_class), NAME, meta_path):
+        if not isinstance(by_class[cls], list):
+            raise DatasetError(f"{meta_path}: class {cls!r} must hold a list of entries, "
+                               f"got a JSON {type(by_class[cls]).__name__}")
         for i, entry in enumerate(by_class[cls]):
             try:
+                if not isinstance(entry, dict):
+                    raise TypeError("not an object")
                 image = _resolve(root, entry["img_path"])
                 mask = _resolve(root, entry.get("mask_path") or "")
                 label = int(entry["anomaly"])
+                if label not in (0, 1):
+                    raise ValueError(label)
             except (KeyError, TypeError, ValueError) as e:
                 raise DatasetError(f"{meta_path}: entry {i} of {cls!r} needs img_path and anomaly (0/1): {entry}") from e
             missing += [str(p) for p in (image, mask) if p is not None and not p.is_file()]

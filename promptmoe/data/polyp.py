@@ -4,8 +4,9 @@ Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datas
 paired by stem, and every image shows a polyp (all anomalous: pixel metrics only). They are four
 registry entries but one loader, so each is a :class:`PolypFormat` object with the same
 attributes a format module has (NAME, CATEGORIES, LAYOUT, EXPECTED_COUNTS, find_samples).
-Kvasir's masks are JPEGs: ``> 0`` then also keeps faint compression noise around the polyp, the
-rule the peer code used; pass a higher ``threshold`` to :func:`load_mask` to see the difference.
+Kvasir's masks are JPEGs: the mask rule of :mod:`promptmoe.data.base` (``> 127`` for 8-bit masks)
+keeps the drawn polyp and drops the compression ringing around it, which the peers' ``> 0`` keeps
+(``load_mask(path, threshold=0)`` shows the difference).
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import io
 import json
+import numbers
 import os
 import shutil
 import zlib
@@ -83,6 +84,7 @@ _SPECS = {
 SEEN_CATEGORIES = ("brick", "grass", "woven", "cup", "nut", "pcb")
 UNSEEN_CATEGORIES = ("gravel", "tissue", "mesh", "pill", "coins", "bottle")
 CATEGORIES = SEEN_CATEGORIES + UNSEEN_CATEGORIES
+MIN_SIZE, MAX_SIZE = 32, 2048  # image side: below 32 px the defects no longer fit; above, use real data
 
 
 @functools.lru_cache(maxsize=None)
@@ -195,6 +197,14 @@ def make_synthetic(root, seed: int = 0, size: int = 128, n_train: int = 4, n_tes
         The manifest dict (parameters, ``seen``/``unseen`` lists, per-category ``counts``,
         ``digest``) plus ``root``.
     """
+    for name, value, low in (("size", size, MIN_SIZE), ("seed", seed, 0), ("n_train", n_train, 0),
+                             ("n_test_good", n_test_good, 1), ("n_test_bad", n_test_bad, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"make_synthetic: {name}={value!r} must be an integer >= {low}")
+    if size > MAX_SIZE:
+        raise ValueError(f"make_synthetic: size={size} is above {MAX_SIZE} pixels")
+    if Path(root).exists() and not Path(root).is_dir():
+        raise ValueError(f"make_synthetic: root {root} is a file, not a folder")
     categories = tuple(CATEGORIES if categories is None else categories)
     unknown = [c for c in categories if c not in _SPECS]
     if unknown:

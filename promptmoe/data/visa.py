@@ -1,7 +1,7 @@
 """VisA (Visual Anomaly), read through the official ``split_csv/1cls.csv``.
 
 Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets). VisA masks store small class ids (1, 2, ...),
-so they look black in a viewer: :func:`promptmoe.data.base.load_mask` binarises them with ``> 0``.
+so they look black in a viewer: :func:`promptmoe.data.base.load_mask` binarises them with ``> 0`` (its class-id rule).
 """
 from __future__ import annotations
 

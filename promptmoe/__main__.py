@@ -1,0 +1,4 @@
+"""``python -m promptmoe ...``: the same command line as ``promptmoe ...``."""
+from .cli import main
+
+raise SystemExit(main())
