@@ -211,7 +211,7 @@ class FrozenCLIP(nn.Module):
         return emb[0], emb[1]
 
     def encode_embeddings(self, embeds: torch.Tensor, eot_index: torch.Tensor,
-                          cut: bool = True) -> torch.Tensor:
+                          cut: bool = True, length: Optional[int] = None) -> torch.Tensor:
         """Text features of token-embedding sequences that may hold learnable vectors.
 
         Args:
@@ -220,6 +220,8 @@ class FrozenCLIP(nn.Module):
             eot_index: (N,) position of EOT in each sequence.
             cut: drop the positions after the last EOT before running the tower. Because the
                 attention mask is causal this gives the same features at a fraction of the cost.
+            length: the cut length when the caller knows it (max(eot_index) + 1); saves reading
+                ``eot_index`` back from the GPU.
         Returns:
             (N, D) text features (not normalised).
         """
@@ -229,7 +231,7 @@ class FrozenCLIP(nn.Module):
         if L > n_ctx:
             raise ValueError(f"prompt of {L} tokens exceeds the context length {n_ctx}")
         if cut:
-            L = int(eot_index.max()) + 1
+            L = int(length) if length is not None else int(eot_index.max()) + 1
             embeds = embeds[:, :L]
         elif L < n_ctx:
             embeds = F.pad(embeds, (0, 0, 0, n_ctx - L))  # zero rows after EOT: the full 77
