@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PromptMoEConfig
+from .precision import frozen_autocast
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers "promptmoe-tiny" (random init, offline)
@@ -165,6 +166,7 @@ class FrozenCLIP(nn.Module):
 
     # ------------------------------------------------------------------ image side
     @torch.no_grad()
+    @frozen_autocast
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Run the frozen image tower once and collect the requested blocks.
 
@@ -210,6 +212,7 @@ class FrozenCLIP(nn.Module):
         emb = self.clip.token_embedding(ids[:2].to(self.clip.token_embedding.weight.device))
         return emb[0], emb[1]
 
+    @frozen_autocast
     def encode_embeddings(self, embeds: torch.Tensor, eot_index: torch.Tensor,
                           cut: bool = True, length: Optional[int] = None) -> torch.Tensor:
         """Text features of token-embedding sequences that may hold learnable vectors.

@@ -66,6 +66,9 @@ class PromptMoEConfig:
     warmup_epochs: int = 3  # linear warm-up epochs
     batch_size: int = 16  # images per step
     seed: int = 0  # seed of every random choice in training
+    # frozen towers: "fp32" | "auto" (GPU: bf16, fp16 without bf16, + TF32; CPU: fp32) |
+    # "bf16" | "fp16" autocast; the trainable parts and the loss always run in fp32
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(x) for x in self.layers)
@@ -131,6 +134,8 @@ class PromptMoEConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.warmup_epochs < 0 or self.alpha < 0 or self.beta < 0:
             raise ValueError("warmup_epochs, alpha and beta must be >= 0")
+        if self.precision not in ("fp32", "auto", "bf16", "fp16"):
+            raise ValueError(f"precision={self.precision!r}; choose fp32, auto, bf16 or fp16")
         if self.tau <= 0 or self.tau_image <= 0:
             raise ValueError(f"temperatures must be > 0 (tau={self.tau}, tau_image={self.tau_image})")
 
