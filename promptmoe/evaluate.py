@@ -15,10 +15,10 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
+from .loading import make_loader
 from .metrics import compute_metrics
 from .prompts import BRANCHES
 
@@ -47,15 +47,17 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model, dataset, batch_size: int = 16, device=None, progress: bool = True,
-            num_workers: int = 0, desc: str = "scoring") -> Predictions:
-    """Run the model (eval mode: smoothed maps) over a dataset."""
+            num_workers: Optional[int] = None, desc: str = "scoring") -> Predictions:
+    """Run the model (eval mode: smoothed maps) over a dataset.
+
+    ``num_workers``: loader processes (None: :func:`~promptmoe.loading.default_workers`)."""
     device = device or next(model.parameters()).device
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = make_loader(dataset, batch_size, device, num_workers)
     parts = {k: [] for k in ("scores", "labels", "maps", "masks", "has_mask", "categories", "paths")}
     routing = {b: [] for b in BRANCHES}
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        out = model(batch["image"].to(device))
+        out = model(batch["image"].to(device, non_blocking=True))
         parts["scores"].append(out["pred_score"].float().cpu().numpy())
         parts["maps"].append(out["anomaly_map"].float().cpu().numpy())
         parts["labels"].append(batch["gt_label"].numpy())
@@ -116,7 +118,8 @@ class EvalReport:
 
 def evaluate(model, datasets: Mapping[str, object], out_dir=None, batch_size: int = 16,
              compat: bool = True, save_maps: bool = False, keep_predictions: bool = False,
-             progress: bool = True, label: Optional[Mapping[str, str]] = None) -> EvalReport:
+             progress: bool = True, label: Optional[Mapping[str, str]] = None,
+             num_workers: Optional[int] = None) -> EvalReport:
     """Zero-shot evaluation of ``model`` on several datasets.
 
     Args:
@@ -128,7 +131,8 @@ def evaluate(model, datasets: Mapping[str, object], out_dir=None, batch_size: in
     rows, routing, kept = [], [], {}
     for name, ds in datasets.items():
         for cat in tqdm(ds.categories, desc=f"evaluating {name}", disable=not progress):
-            pred = predict(model, ds.subset(cat), batch_size=batch_size, progress=progress, desc=cat)
+            pred = predict(model, ds.subset(cat), batch_size=batch_size, progress=progress, desc=cat,
+                           num_workers=num_workers)
             rows.append({"dataset": name, "category": cat, "n_images": len(pred.scores),
                          "n_anomalous": int(pred.labels.sum()), **category_metrics(pred, compat)})
             if pred.routing:

@@ -33,7 +33,7 @@ def image_dataset(path, image_size: int) -> AnomalyDataset:
 
 
 def score_images(model, path, out_dir, threshold: float = 0.5, batch_size: int = 8,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, num_workers=None) -> pd.DataFrame:
     """Score every image under ``path``; write ``scores.csv`` and ``<stem>_overlay.png`` files.
 
     Returns:
@@ -42,7 +42,7 @@ def score_images(model, path, out_dir, threshold: float = 0.5, batch_size: int =
     from .plots import overlay  # matplotlib only when needed
 
     ds = image_dataset(path, model.config.image_size)
-    pred = predict(model, ds, batch_size=batch_size, progress=progress)
+    pred = predict(model, ds, batch_size=batch_size, progress=progress, num_workers=num_workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

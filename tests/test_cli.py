@@ -56,3 +56,18 @@ def test_predict_without_checkpoint_says_untrained(tmp_path, capsys):
 def test_errors_exit_non_zero_with_a_message(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_speed_flags_parse_for_train_eval_and_predict():
+    from promptmoe.cli import build_parser
+
+    p = build_parser()
+    t = p.parse_args(["train", "--data", "d", "--out", "o", "--cache", "disk", "--cache-dir", "c",
+                      "--workers", "3", "--precision", "bf16"])
+    assert (t.cache, t.cache_dir, t.workers, t.precision) == ("disk", "c", 3, "bf16")
+    t = p.parse_args(["train", "--data", "d", "--out", "o"])
+    assert (t.cache, t.workers, t.precision) == ("auto", None, None)
+    e = p.parse_args(["eval", "--checkpoint", "c", "--data", "x=y", "--out", "o", "--workers", "2"])
+    assert e.workers == 2 and e.precision is None
+    r = p.parse_args(["predict", "img.png", "--precision", "fp32"])
+    assert r.precision == "fp32" and r.workers is None
