@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from torch.utils.data import Subset
+
+from . import distributed
 from .backbone import ImageFeatures
 from .config import PromptMoEConfig
 from .loading import make_loader
@@ -59,15 +62,22 @@ def free_disk_bytes(folder: Path) -> int:
 
 
 def choose_cache(estimate_gb: float, cache_limit_gb: float, folder: Path,
-                 free_ram: Optional[int] = None, free_disk: Optional[int] = None) -> Tuple[str, str]:
-    """Decide where the cache goes; returns (mode, reason in words)."""
+                 free_ram: Optional[int] = None, free_disk: Optional[int] = None,
+                 copies: int = 1) -> Tuple[str, str]:
+    """Decide where the cache goes; returns (mode, reason in words).
+
+    ``copies``: processes on this machine that would each hold an in-memory copy (torchrun);
+    a disk cache is one set of files that they share."""
     free_ram = available_memory_bytes() if free_ram is None else free_ram
     size = f"the feature cache needs {estimate_gb:.2f} GB"
-    if estimate_gb <= cache_limit_gb and estimate_gb * 1e9 <= 0.5 * free_ram:
+    if copies > 1:
+        size += f" (x{copies} processes in memory)"
+    ram_gb = estimate_gb * copies
+    if ram_gb <= cache_limit_gb and ram_gb * 1e9 <= 0.5 * free_ram:
         return "memory", (f"{size}: it fits in memory (limit {cache_limit_gb:g} GB, "
                           f"{free_ram / 1e9:.1f} GB RAM free)")
     free_disk = free_disk_bytes(folder) if free_disk is None else free_disk
-    why = (f"over the {cache_limit_gb:g} GB memory limit" if estimate_gb > cache_limit_gb
+    why = (f"over the {cache_limit_gb:g} GB memory limit" if ram_gb > cache_limit_gb
            else f"more than half of the {free_ram / 1e9:.1f} GB RAM free")
     if estimate_gb * 1e9 <= 0.8 * free_disk:
         return "disk", (f"{size}, {why}: memory-mapped files in {folder} "
@@ -120,21 +130,37 @@ class FeatureCache:
         shapes.update({"global": ((n, D), dtype), "masks": ((n, S, S), torch.uint8),
                        "labels": ((n,), torch.int64)})
         print_ = fingerprint(model, dataset, dtype)
+        d = distributed.info()  # under torchrun each process fills every world-th row
+        rows = torch.arange(n) if d is None else torch.arange(d.rank, n, d.world)
+        main = d is None or d.rank == 0
         if where == "disk" and self._complete(print_):
+            distributed.barrier()  # everyone has looked before anything changes
             arrays = {k: self._open(k, *v, mode="r+") for k, v in shapes.items()}
             self.reused = True
         else:
             if where == "disk":
-                self.folder.mkdir(parents=True, exist_ok=True)
-                (self.folder / COMPLETE).unlink(missing_ok=True)
-                arrays = {k: self._open(k, *v, mode="w+") for k, v in shapes.items()}
+                distributed.barrier()
+                if main:  # one process creates the shared files
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    (self.folder / COMPLETE).unlink(missing_ok=True)
+                    arrays = {k: self._open(k, *v, mode="w+") for k, v in shapes.items()}
+                distributed.barrier()
+                if not main:
+                    arrays = {k: self._open(k, *v, mode="r+") for k, v in shapes.items()}
             else:
-                arrays = {k: torch.empty(s, dtype=t) for k, (s, t) in shapes.items()}
-            self._fill(arrays, model, dataset, batch_size, device, num_workers, progress, L)
+                arrays = {k: torch.zeros(s, dtype=t) for k, (s, t) in shapes.items()}
+            self._fill(arrays, rows, model, dataset, batch_size, device, num_workers,
+                       progress and main, L)
             if where == "disk":
                 for mm in self._maps:
                     mm.flush()
-                (self.folder / COMPLETE).write_text(json.dumps(print_, indent=1))
+                distributed.barrier()
+                if main:
+                    (self.folder / COMPLETE).write_text(json.dumps(print_, indent=1))
+            elif d is not None:  # rows of the other processes are zeros here: sum them in
+                for a in arrays.values():
+                    distributed.all_reduce_sum_(a)
+            distributed.barrier()
         self.features = ImageFeatures([arrays[f"layer{i}"] for i in range(L)], arrays["global"], (h, w))
         self.masks, self.labels = arrays["masks"], arrays["labels"]
 
@@ -155,18 +181,20 @@ class FeatureCache:
             return False
 
     @staticmethod
-    def _fill(arrays, model, dataset, batch_size, device, num_workers, progress, L):
-        loader = make_loader(dataset, batch_size, device, num_workers)
+    def _fill(arrays, rows, model, dataset, batch_size, device, num_workers, progress, L):
+        """Encode the images ``rows`` of ``dataset`` and write them at those rows."""
+        subset = dataset if len(rows) == len(dataset) else Subset(dataset, rows.tolist())
+        loader = make_loader(subset, batch_size, device, num_workers)
         start = 0
         for batch in tqdm(loader, desc="caching CLIP features", disable=not progress):
             feats = model.backbone.encode_image(batch["image"].to(device, non_blocking=True))
-            stop = start + len(batch["gt_label"])
+            at = rows[start:start + len(batch["gt_label"])]
             for i in range(L):
-                arrays[f"layer{i}"][start:stop] = feats.layer_tokens[i].to("cpu")
-            arrays["global"][start:stop] = feats.global_feature.to("cpu")
-            arrays["masks"][start:stop] = batch["gt_mask"].to(torch.uint8)
-            arrays["labels"][start:stop] = batch["gt_label"]
-            start = stop
+                arrays[f"layer{i}"][at] = feats.layer_tokens[i].to("cpu", arrays["global"].dtype)
+            arrays["global"][at] = feats.global_feature.to("cpu", arrays["global"].dtype)
+            arrays["masks"][at] = batch["gt_mask"].to(torch.uint8)
+            arrays["labels"][at] = batch["gt_label"]
+            start += len(at)
 
     @staticmethod
     def estimate_gb(config: PromptMoEConfig, n_images: int, grid: int, dim: int, bytes_per: int = 4) -> float:

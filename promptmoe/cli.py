@@ -59,6 +59,7 @@ def cmd_make_synthetic(args) -> int:
 def cmd_train(args) -> int:
     from .config import PromptMoEConfig
     from .data import load_dataset
+    from . import distributed
     from .train import train
 
     changes = _overrides(args.set)
@@ -72,9 +73,12 @@ def cmd_train(args) -> int:
     # "auto": in memory when the frozen features fit, else memory-mapped files on disk (the
     # paper preset on MVTec AD: 14.5 GB in float16 on a GPU); --no-cache never caches
     cache = "none" if args.no_cache else args.cache
-    result = train(config, ds, args.out, resume=args.resume, cache_features=cache,
+    device = distributed.local_device() if distributed.info() else None
+    result = train(config, ds, args.out, resume=args.resume, cache_features=cache, device=device,
                    cache_limit_gb=args.cache_limit_gb, cache_dir=args.cache_dir,
                    num_workers=args.workers, train_data=label)
+    if not distributed.is_main():
+        return 0
     last = result.log.iloc[-1]
     print(f"trained {config.preset} preset on {label}: {config.epochs} epochs, final loss "
           f"{last['total']:.4f}; checkpoint {result.checkpoint}")
@@ -86,9 +90,11 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .data import load_dataset
+    from . import distributed
     from .evaluate import evaluate
 
-    model, meta = load_model(args.checkpoint, device=args.device)
+    device = args.device or (distributed.local_device() if distributed.info() else None)
+    model, meta = load_model(args.checkpoint, device=device)
     if args.precision:
         model.config.precision = args.precision
     datasets = {}
@@ -99,9 +105,13 @@ def cmd_eval(args) -> int:
         datasets[name] = load_dataset(name, root, image_size=model.config.image_size)
     label = {"preset": model.config.preset, "trained on": str(meta.get("train_data", "?")),
              "evaluated on": ", ".join(datasets)}
-    report = evaluate(model, datasets, out_dir=args.out, batch_size=args.batch_size,
+    main = distributed.is_main()  # under torchrun only process 0 writes and prints
+    report = evaluate(model, datasets, out_dir=args.out if main else None,
+                      batch_size=args.batch_size, progress=main,
                       compat=not args.no_compat, save_maps=args.save_maps, label=label,
                       num_workers=args.workers)
+    if not main:
+        return 0
     print(report.summary.to_string(index=False, float_format=lambda v: f"{100 * v:.1f}"))
     print(f"reports in {args.out} (summary.md has the paper's numbers beside these)")
     return 0
@@ -214,7 +224,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .data.base import DatasetError
 
+    from . import distributed
+
     try:
+        distributed.setup()  # joins the process group under torchrun (--nproc_per_node > 1)
         return args.func(args)
     except (DatasetError, CheckpointError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"promptmoe {args.command}: error: {err}", file=sys.stderr)
@@ -222,6 +235,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except RuntimeError as err:
         print(f"promptmoe {args.command}: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

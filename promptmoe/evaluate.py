@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
+from . import distributed
 from .loading import make_loader
 from .metrics import compute_metrics
 from .prompts import BRANCHES
@@ -53,6 +54,11 @@ def predict(model, dataset, batch_size: int = 16, device=None, progress: bool = 
     ``num_workers``: loader processes (None: :func:`~promptmoe.loading.default_workers`)."""
     device = device or next(model.parameters()).device
     model.eval()
+    d = distributed.info()
+    if d is not None:  # under torchrun: score every world-th image here, gather in order
+        return _sharded_predict(model, dataset, d, batch_size=batch_size, device=device,
+                                progress=progress and d.rank == 0, num_workers=num_workers,
+                                desc=desc)
     loader = make_loader(dataset, batch_size, device, num_workers)
     parts = {k: [] for k in ("scores", "labels", "maps", "masks", "has_mask", "categories", "paths")}
     routing = {b: [] for b in BRANCHES}
@@ -69,6 +75,30 @@ def predict(model, dataset, batch_size: int = 16, device=None, progress: bool = 
             routing[b].append(r.dense_weights().float().cpu().numpy())
     cat = {k: (np.concatenate(v) if k not in ("categories", "paths") else v) for k, v in parts.items()}
     return Predictions(routing={b: np.concatenate(v) for b, v in routing.items() if v}, **cat)
+
+
+def _sharded_predict(model, dataset, d, **kwargs) -> Predictions:
+    """Each process predicts images rank, rank + world, ...; every process gets all of them."""
+    from torch.utils.data import Subset
+
+    n = len(dataset)
+    with distributed.single_process():
+        part = predict(model, Subset(dataset, list(range(d.rank, n, d.world))), **kwargs)
+    parts = distributed.gather_objects(part, d)
+
+    def merge(get):
+        first = get(parts[0])
+        if isinstance(first, list):
+            out = [None] * n
+        else:
+            out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+        for r, p in enumerate(parts):
+            out[r::d.world] = get(p)
+        return out
+
+    fields = ("scores", "labels", "maps", "masks", "has_mask", "categories", "paths")
+    routing = {b: merge(lambda p, b=b: p.routing[b]) for b in parts[0].routing}
+    return Predictions(routing=routing, **{f: merge(lambda p, f=f: getattr(p, f)) for f in fields})
 
 
 def _save_maps(path, pred: Predictions) -> None:

@@ -9,7 +9,7 @@ datasets have no randomness and the order is given by the sampler (tests/test_lo
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -38,8 +38,23 @@ class OrderSampler(Sampler):
         return len(self.order)
 
 
+class ChunkBatchSampler(Sampler):
+    """Yields the non-empty lists of ``batches`` (set before each epoch): one process's chunks
+    of the batches under torchrun (promptmoe/distributed.py)."""
+
+    def __init__(self):
+        self.batches: List[List[int]] = []
+
+    def __iter__(self):
+        return iter([b for b in self.batches if b])
+
+    def __len__(self) -> int:
+        return sum(1 for b in self.batches if b)
+
+
 def make_loader(dataset, batch_size: int, device, num_workers: Optional[int] = None,
-                sampler: Optional[Sampler] = None) -> DataLoader:
+                sampler: Optional[Sampler] = None,
+                batch_sampler: Optional[Sampler] = None) -> DataLoader:
     """A DataLoader in dataset order (or ``sampler``'s), with workers and pinning for ``device``.
 
     Args:
@@ -49,7 +64,10 @@ def make_loader(dataset, batch_size: int, device, num_workers: Optional[int] = N
     workers = default_workers(device) if num_workers is None else int(num_workers)
     if workers < 0:
         raise ValueError(f"num_workers={workers} must be >= 0")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda",
-                      persistent_workers=workers > 0 and sampler is not None,
+    if batch_sampler is not None:
+        kw = {"batch_sampler": batch_sampler}
+    else:
+        kw = {"batch_size": batch_size, "shuffle": False, "sampler": sampler}
+    return DataLoader(dataset, **kw, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0 and (sampler is not None or batch_sampler is not None),
                       prefetch_factor=4 if workers > 0 else None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,11 +26,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .backbone import ImageFeatures
 from .cache import CACHE_MODES, FeatureCache, choose_cache  # noqa: F401 (FeatureCache: book)
 from .checkpoint import (RESUMABLE_CHANGES, CheckpointError, atomic_write, config_differences,
                          load_into, load_optimizer, read_checkpoint, save_checkpoint)
 from .config import PromptMoEConfig
-from .loading import OrderSampler, make_loader
+from . import distributed
+from .loading import ChunkBatchSampler, OrderSampler, make_loader
 from .losses import total_loss
 from .model import TINY_CLIP_SEED, PromptMoE, build_model
 
@@ -89,7 +92,10 @@ def _build_cache(model, dataset, config, device, mode, limit_gb, folder, num_wor
         h, w = model.backbone.grid_size
         gb = FeatureCache.estimate_gb(config, len(dataset), h * w, model.backbone.embed_dim,
                                       bytes_per=torch.finfo(dtype).bits // 8)
-        mode, reason = choose_cache(gb, limit_gb, folder)
+        d = distributed.info()
+        mode, reason = choose_cache(gb, limit_gb, folder, copies=d.world if d else 1)
+        if d is not None:  # every process follows process 0's choice
+            mode, reason = distributed.gather_objects((mode, reason), d)[0]
         log.info("feature cache: %s (%s)", mode, reason)
         if progress:
             print(f"feature cache: {mode} ({reason})")
@@ -100,6 +106,25 @@ def _build_cache(model, dataset, config, device, mode, limit_gb, folder, num_wor
     if cache.reused and progress:
         print(f"feature cache: reusing the complete cache in {folder}")
     return cache
+
+
+def _sharded_batch(model, loader_iter, batch_idx, d, device):
+    """Features, masks and labels of a whole batch, the tower run on this process's chunk."""
+    sizes = [len(c) for c in torch.tensor_split(batch_idx, d.world)]
+    S = model.config.image_size
+    h, w = model.backbone.grid_size
+    T, D, L = h * w + 1, model.backbone.embed_dim, len(model.config.layers)
+    template = ImageFeatures([torch.zeros(0, T, D, device=device)] * L,
+                             torch.zeros(0, D, device=device), (h, w))
+    feats, masks = None, torch.zeros(0, S, S, device=device)
+    labels = torch.zeros(0, dtype=torch.int64, device=device)
+    if sizes[d.rank]:
+        b = next(loader_iter)
+        feats = model.backbone.encode_image(b["image"].to(device, non_blocking=True))
+        masks = b["gt_mask"].to(device, non_blocking=True).float()
+        labels = b["gt_label"].to(device)
+    feats, masks, labels = distributed.gather_batch(feats, masks, labels, sizes, template, d)
+    return feats, masks, labels.long()
 
 
 def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, device=None,
@@ -144,37 +169,50 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
         start_epoch = int(meta["epoch"])
     n = len(dataset)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    _trim_log(log_path, start_epoch * steps_per_epoch)
+    dist_info = distributed.info()  # set under torchrun: see promptmoe/distributed.py
+    main = dist_info is None or dist_info.rank == 0
+    progress = progress and main
+    if main:
+        _trim_log(log_path, start_epoch * steps_per_epoch)
+    distributed.barrier()
     cache = None
     if start_epoch < config.epochs:
         cache = _build_cache(model, dataset, config, device, cache_features, cache_limit_gb,
                              Path(cache_dir) if cache_dir else out_dir / CACHE_DIR_NAME,
                              num_workers, progress)
-    sampler = OrderSampler(range(n))
-    loader = None if cache is not None else make_loader(dataset, config.batch_size, device,
-                                                        num_workers, sampler=sampler)
+    sampler = OrderSampler(range(n)) if dist_info is None else ChunkBatchSampler()
+    loader = None
+    if cache is None:
+        kw = {"sampler": sampler} if dist_info is None else {"batch_sampler": sampler}
+        loader = make_loader(dataset, config.batch_size, device, num_workers, **kw)
     model.train()
     new_log = not log_path.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", newline="") as fh:
+    with (open(log_path, "a", newline="") if main else open(os.devnull, "w")) as fh:
         writer = csv.writer(fh)
         if new_log:
             writer.writerow(LOG_COLUMNS)
         for epoch in range(start_epoch, config.epochs):
             order = epoch_order(n, config.seed, epoch)
             batches = order.split(config.batch_size)
-            sampler.order = order.tolist()
+            if dist_info is None:
+                sampler.order = order.tolist()
+            else:  # this process loads its chunk of every batch
+                sampler.batches = [distributed.chunk(b, dist_info).tolist() for b in batches]
             bar = tqdm(range(len(batches)), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
             loader_iter = iter(loader) if cache is None else None
             for i in bar:
                 step = epoch * steps_per_epoch + i
                 if cache is not None:
                     feats, masks, labels = cache.batch(batches[i], device)
-                else:
+                elif dist_info is None:
                     b = next(loader_iter)
                     feats = model.backbone.encode_image(b["image"].to(device, non_blocking=True))
                     masks = b["gt_mask"].to(device, non_blocking=True).float()
                     labels = b["gt_label"].to(device)
+                else:  # encode this process's chunk, then gather the whole batch everywhere
+                    feats, masks, labels = _sharded_batch(model, loader_iter, batches[i],
+                                                          dist_info, device)
                 lr = learning_rate(step, steps_per_epoch, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -188,9 +226,12 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
                 writer.writerow([step, epoch + 1, lr] + [values[k] for k in LOG_COLUMNS[3:]])
                 bar.set_postfix(loss=f"{values['total']:.4f}")
             fh.flush()
-            save_checkpoint(ckpt_path, model, config, optimizer,
-                            meta={"epoch": epoch + 1, "global_step": (epoch + 1) * steps_per_epoch,
-                                  "clip_seed": TINY_CLIP_SEED, "train_data": train_data,
-                                  "preset": config.preset})
+            if main:
+                save_checkpoint(ckpt_path, model, config, optimizer,
+                                meta={"epoch": epoch + 1,
+                                      "global_step": (epoch + 1) * steps_per_epoch,
+                                      "clip_seed": TINY_CLIP_SEED, "train_data": train_data,
+                                      "preset": config.preset})
     model.eval()
+    distributed.barrier()  # the other processes read the log process 0 wrote
     return TrainResult(model, pd.read_csv(log_path), ckpt_path)
