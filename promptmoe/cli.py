@@ -143,9 +143,9 @@ def _speed_flags(p: argparse.ArgumentParser) -> None:
     """--workers and --precision, shared by train, eval and predict."""
     p.add_argument("--workers", type=int, default=None,
                    help="data loader processes (default: cores - 1, at most 8, on a GPU; 0 on CPU)")
-    p.add_argument("--precision", choices=("fp32", "auto", "bf16", "fp16"), default=None,
+    p.add_argument("--precision", choices=("fp32", "auto", "bf16", "fp16"), default="auto",
                    help="frozen towers: auto = bf16/fp16 autocast (+TF32) on a GPU, fp32 on a "
-                   "CPU; the trained parts always run in fp32 (default: the config's, auto)")
+                   "CPU; the trained parts always run in fp32 (default: auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,9 +66,10 @@ class PromptMoEConfig:
     warmup_epochs: int = 3  # linear warm-up epochs
     batch_size: int = 16  # images per step
     seed: int = 0  # seed of every random choice in training
-    # frozen towers: "fp32" | "auto" (GPU: bf16, fp16 without bf16, + TF32; CPU: fp32) |
-    # "bf16" | "fp16" autocast; the trainable parts and the loss always run in fp32
-    precision: str = "auto"
+    # frozen towers: "fp32" (exact, the book's checks compare with it) | "auto" (GPU: bf16, fp16
+    # without bf16, + TF32; CPU: fp32; the CLI's default) | "bf16" | "fp16" autocast; the
+    # trainable parts and the loss always run in fp32
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(x) for x in self.layers)

@@ -1,8 +1,9 @@
 """Mixed precision for the frozen towers: autocast where it pays, fp32 for what trains.
 
-Taught in chapter 5. ``config.precision`` picks it:
+Taught in chapter 5. ``config.precision`` picks it (the command line defaults to ``auto``):
 
-* ``"fp32"``: everything in float32 (exact; the reference for the tests);
+* ``"fp32"``: everything in float32 (exact; the config's default and the reference that the
+  tests and the book's hand-written checks compare with);
 * ``"auto"``: on a GPU autocast the frozen image and text towers to bfloat16 where the GPU has it
   (Ampere and newer) and to float16 otherwise (a Colab T4), and let the remaining float32 matmuls
   use TF32 on Ampere+; on a CPU stay in float32;

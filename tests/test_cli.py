@@ -66,8 +66,8 @@ def test_speed_flags_parse_for_train_eval_and_predict():
                       "--workers", "3", "--precision", "bf16"])
     assert (t.cache, t.cache_dir, t.workers, t.precision) == ("disk", "c", 3, "bf16")
     t = p.parse_args(["train", "--data", "d", "--out", "o"])
-    assert (t.cache, t.workers, t.precision) == ("auto", None, None)
+    assert (t.cache, t.workers, t.precision) == ("auto", None, "auto")
     e = p.parse_args(["eval", "--checkpoint", "c", "--data", "x=y", "--out", "o", "--workers", "2"])
-    assert e.workers == 2 and e.precision is None
+    assert e.workers == 2 and e.precision == "auto"
     r = p.parse_args(["predict", "img.png", "--precision", "fp32"])
     assert r.precision == "fp32" and r.workers is None
