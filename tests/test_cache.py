@@ -72,3 +72,9 @@ def test_resume_reuses_a_complete_disk_cache(tmp_path, monkeypatch):
 def test_bad_cache_mode_is_named():
     with pytest.raises(ValueError, match="cache_features='ram'"):
         train(_cfg(), FixedDataset(), "/tmp/unused-promptmoe", cache_features="ram", progress=False)
+
+
+def test_auto_says_what_it_chose_and_why(tmp_path, capsys):
+    train(_cfg(epochs=1), FixedDataset(), tmp_path / "a", cache_features="auto", progress=True)
+    out = capsys.readouterr().out
+    assert "feature cache: memory (the feature cache needs 0.00 GB: it fits in memory" in out
