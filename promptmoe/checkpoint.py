@@ -19,7 +19,7 @@ from .config import PromptMoEConfig
 
 FORMAT = "promptmoe-checkpoint-v1"
 # fields that may differ when resuming (more epochs, another seed for a new run is not resuming)
-RESUMABLE_CHANGES = ("epochs",)
+RESUMABLE_CHANGES = ("epochs", "precision")
 
 
 class CheckpointError(ValueError):

@@ -74,6 +74,10 @@ class PromptMoEConfig:
     warmup_epochs: int = 3  # linear warm-up epochs
     batch_size: int = 16  # images per step
     seed: int = 0  # seed of every random choice in training
+    # frozen towers: "fp32" (exact, the book's checks compare with it) | "auto" (GPU: bf16, fp16
+    # without bf16, + TF32; CPU: fp32; the CLI's default) | "bf16" | "fp16" autocast; the
+    # trainable parts and the loss always run in fp32
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(x) for x in self.layers)
@@ -145,6 +149,8 @@ class PromptMoEConfig:
         if self.layer_map_reduce not in LAYER_MAP_REDUCES:
             raise ValueError(f"layer_map_reduce={self.layer_map_reduce!r}; choose one of "
                              f"{LAYER_MAP_REDUCES}")
+        if self.precision not in ("fp32", "auto", "bf16", "fp16"):
+            raise ValueError(f"precision={self.precision!r}; choose fp32, auto, bf16 or fp16")
         if self.tau <= 0 or self.tau_image <= 0:
             raise ValueError(f"temperatures must be > 0 (tau={self.tau}, tau_image={self.tau_image})")
 

@@ -23,10 +23,11 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
+from . import distributed
+from .loading import make_loader
 from .metrics import compute_metrics
 from .prompts import BRANCHES
 
@@ -55,15 +56,22 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model, dataset, batch_size: int = 16, device=None, progress: bool = True,
-            num_workers: int = 0, desc: str = "scoring") -> Predictions:
-    """Run the model (eval mode: smoothed maps) over a dataset."""
+            num_workers: Optional[int] = None, desc: str = "scoring") -> Predictions:
+    """Run the model (eval mode: smoothed maps) over a dataset.
+
+    ``num_workers``: loader processes (None: :func:`~promptmoe.loading.default_workers`)."""
     device = device or next(model.parameters()).device
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    d = distributed.info()
+    if d is not None:  # under torchrun: score every world-th image here, gather in order
+        return _sharded_predict(model, dataset, d, batch_size=batch_size, device=device,
+                                progress=progress and d.rank == 0, num_workers=num_workers,
+                                desc=desc)
+    loader = make_loader(dataset, batch_size, device, num_workers)
     parts = {k: [] for k in ("scores", "labels", "maps", "masks", "has_mask", "categories", "paths")}
     routing = {b: [] for b in BRANCHES}
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        out = model(batch["image"].to(device))
+        out = model(batch["image"].to(device, non_blocking=True))
         parts["scores"].append(out["pred_score"].float().cpu().numpy())
         parts["maps"].append(out["anomaly_map"].float().cpu().numpy())
         parts["labels"].append(batch["gt_label"].numpy())
@@ -75,6 +83,30 @@ def predict(model, dataset, batch_size: int = 16, device=None, progress: bool = 
             routing[b].append(r.dense_weights().float().cpu().numpy())
     cat = {k: (np.concatenate(v) if k not in ("categories", "paths") else v) for k, v in parts.items()}
     return Predictions(routing={b: np.concatenate(v) for b, v in routing.items() if v}, **cat)
+
+
+def _sharded_predict(model, dataset, d, **kwargs) -> Predictions:
+    """Each process predicts images rank, rank + world, ...; every process gets all of them."""
+    from torch.utils.data import Subset
+
+    n = len(dataset)
+    with distributed.single_process():
+        part = predict(model, Subset(dataset, list(range(d.rank, n, d.world))), **kwargs)
+    parts = distributed.gather_objects(part, d)
+
+    def merge(get):
+        first = get(parts[0])
+        if isinstance(first, list):
+            out = [None] * n
+        else:
+            out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+        for r, p in enumerate(parts):
+            out[r::d.world] = get(p)
+        return out
+
+    fields = ("scores", "labels", "maps", "masks", "has_mask", "categories", "paths")
+    routing = {b: merge(lambda p, b=b: p.routing[b]) for b in parts[0].routing}
+    return Predictions(routing=routing, **{f: merge(lambda p, f=f: getattr(p, f)) for f in fields})
 
 
 def _save_maps(path, pred: Predictions) -> None:
@@ -141,7 +173,8 @@ class EvalReport:
 
 def evaluate(model, datasets: Mapping[str, object], out_dir=None, batch_size: int = 16,
              compat: bool = True, save_maps: bool = False, keep_predictions: bool = False,
-             progress: bool = True, label: Optional[Mapping[str, str]] = None) -> EvalReport:
+             progress: bool = True, label: Optional[Mapping[str, str]] = None,
+             num_workers: Optional[int] = None) -> EvalReport:
     """Zero-shot evaluation of ``model`` on several datasets.
 
     Args:
@@ -154,7 +187,8 @@ def evaluate(model, datasets: Mapping[str, object], out_dir=None, batch_size: in
     for name, ds in datasets.items():
         fmt = getattr(ds, "format", name)
         for cat in tqdm(ds.categories, desc=f"evaluating {name}", disable=not progress):
-            pred = predict(model, ds.subset(cat), batch_size=batch_size, progress=progress, desc=cat)
+            pred = predict(model, ds.subset(cat), batch_size=batch_size, progress=progress, desc=cat,
+                           num_workers=num_workers)
             check_finite(pred, f"{name}/{cat}: ")
             empty = empty_masks(pred)
             if empty:

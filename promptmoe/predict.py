@@ -101,7 +101,7 @@ def _unique_name(src: Path, i: int, taken: set) -> str:
 
 def score_images(model, inputs: Inputs, out_dir, threshold: float = 0.5, batch_size: int = 8,
                  progress: bool = True, mask_threshold: Optional[float] = None, mask_dir=None,
-                 mask_suffix: Optional[str] = None, save_maps: bool = False) -> pd.DataFrame:
+                 mask_suffix: Optional[str] = None, save_maps: bool = False, num_workers=None) -> pd.DataFrame:
     """Score every image named by ``inputs``; write ``scores.csv`` and ``<name>_overlay.png`` files.
 
     Args:
@@ -110,6 +110,7 @@ def score_images(model, inputs: Inputs, out_dir, threshold: float = 0.5, batch_s
         mask_threshold, mask_dir, mask_suffix: the ``folder`` mask options (masks are not scored,
             but files that are masks are kept out of the inputs).
         save_maps: also write each map as ``<name>_map.npy`` (float16, original H x W).
+        num_workers: data loader workers (None: the machine's default, see promptmoe.loading).
 
     Returns:
         One row per image: input (as given), image_path, width, height, pred_score, pred_label,
@@ -123,7 +124,7 @@ def score_images(model, inputs: Inputs, out_dir, threshold: float = 0.5, batch_s
         raise ValueError(f"threshold must be a finite number, got {threshold}")
     pairs = _records(inputs, mask_dir, mask_suffix)
     ds = AnomalyDataset([r for _, r in pairs], model.config.image_size, name="folder", mask_threshold=mask_threshold)
-    pred = predict(model, ds, batch_size=batch_size, progress=progress)
+    pred = predict(model, ds, batch_size=batch_size, progress=progress, num_workers=num_workers)
     check_finite(pred)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -105,16 +105,45 @@ class QueryCrossAttention(nn.Module):
         self.key = nn.Linear(visual_dim, dim, bias=False)  # W_K
         self.value = nn.Linear(visual_dim, dim, bias=False)  # W_V
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, T, D_x) visual tokens -> (B, N_q, D) state-relevant context O."""
-        B, T, _ = feats.shape
+    def _scores(self, feats: torch.Tensor) -> torch.Tensor:
+        """Attention weights (B, h, N_q, T) without projecting the T tokens to keys.
+
+        q K^T = q (F W_K^T)^T = (q W_K) F^T per head: the fixed queries are mapped into the
+        visual space once (h N_q x D_x numbers) instead of projecting all T tokens (T x D).
+        """
         n_q, D = self.queries.shape
         h, d = self.n_heads, D // self.n_heads
-        k = self.key(feats).view(B, T, h, d).transpose(1, 2)  # (B, h, T, d)
-        v = self.value(feats).view(B, T, h, d).transpose(1, 2)  # (B, h, T, d)
-        q = self.queries.view(n_q, h, d).transpose(0, 1).expand(B, h, n_q, d)  # (B, h, N_q, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N_q, T) x (B, h, T, d)
-        return out.transpose(1, 2).reshape(B, n_q, D)  # (B, N_q, D)
+        w_k = self.key.weight.view(h, d, -1)  # (h, d, D_x): rows of W_K per head
+        q = self.queries.view(n_q, h, d).transpose(0, 1)  # (h, N_q, d)
+        qk = torch.matmul(q, w_k) / d ** 0.5  # (h, N_q, d) x (h, d, D_x) -> (h, N_q, D_x)
+        logits = torch.einsum("hqx,btx->bhqt", qk, feats)  # (B, h, N_q, T)
+        return logits.softmax(dim=-1)
+
+    def _values_of(self, mixed: torch.Tensor) -> torch.Tensor:
+        """Apply W_V per head to attention-weighted tokens: (B, h, n, D_x) -> (B, n, D)."""
+        B, h, n, _ = mixed.shape
+        w_v = self.value.weight.view(h, -1, mixed.shape[-1])  # (h, d, D_x)
+        out = torch.einsum("bhnx,hdx->bnhd", mixed, w_v)  # (B, n, h, d)
+        return out.reshape(B, n, -1)  # (B, n, D)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, T, D_x) visual tokens -> (B, N_q, D) state-relevant context O.
+
+        softmax(q K^T) V = (softmax(q K^T) F) W_V^T per head: V is never formed for all tokens.
+        """
+        attn = self._scores(feats)  # (B, h, N_q, T)
+        mixed = torch.matmul(attn, feats[:, None])  # (B, h, N_q, T) x (B, 1, T, D_x)
+        return self._values_of(mixed)  # (B, N_q, D)
+
+    def pooled(self, feats: torch.Tensor) -> torch.Tensor:
+        """The routing representation r = mean over queries of O, (B, T, D_x) -> (B, D).
+
+        The mean commutes with the (linear) value projection, so the queries' attention
+        weights are averaged first and W_V is applied once per head to one mixed token.
+        """
+        attn = self._scores(feats).mean(dim=2, keepdim=True)  # (B, h, 1, T)
+        mixed = torch.matmul(attn, feats[:, None])  # (B, h, 1, D_x)
+        return self._values_of(mixed)[:, 0]  # (B, D)
 
 
 class Router(nn.Module):
@@ -162,7 +191,7 @@ class VGMoPLayer(nn.Module):
         out = {}
         for b in BRANCHES:
             attn = self.attention["normal" if self.cfg.share_attention else b]
-            r = attn(feats).mean(dim=1)  # (B, N_q, D) -> (B, D)
+            r = attn.pooled(feats)  # (B, D) = mean over queries of Eq. 2's output
             logits = self.router[b](r)  # (B, E)
             indices, weights = route_experts(logits, self.cfg.top_k)  # (B, k), (B, k)
             s_agg = aggregate_state_prompt(self.pool_of(b), indices, weights)  # (B, M_b, D)
@@ -222,6 +251,25 @@ def build_prompt_learner(cfg: PromptMoEConfig, dim: int, visual_dim: int) -> nn.
     return StaticPrompts(cfg, dim)
 
 
+def build_branch_sequences(normal: torch.Tensor, abnormal: torch.Tensor, context: torch.Tensor,
+                           sot: torch.Tensor, eot: torch.Tensor, cls: torch.Tensor):
+    """The two branches' sequences of Eq. 1 at their own lengths (no padding).
+
+    Args: as :func:`build_sequences`.
+    Returns:
+        (seq_n (N, L_n, D), seq_a (N, L_a, D)); EOT is the last position of each.
+    """
+    N = normal.shape[0]
+
+    def expand(t):  # (n, D) -> (N, n, D)
+        return t.expand(N, *t.shape)
+
+    ends = [expand(cls), expand(context), expand(eot[None])]
+    seq_n = torch.cat([expand(sot[None]), normal, *ends], dim=1)  # (N, L_n, D)
+    seq_a = torch.cat([expand(sot[None]), normal, abnormal, *ends], dim=1)  # (N, L_a, D)
+    return seq_n, seq_a
+
+
 def build_sequences(normal: torch.Tensor, abnormal: torch.Tensor, context: torch.Tensor,
                     sot: torch.Tensor, eot: torch.Tensor, cls: torch.Tensor):
     """Token-embedding sequences of Eq. 1 (REFERENCE.md D2).
@@ -236,14 +284,8 @@ def build_sequences(normal: torch.Tensor, abnormal: torch.Tensor, context: torch
         embeds (2N, L, D) (normal rows first, then abnormal; the normal rows are zero-padded
         after their EOT) and eot_index (2N,).
     """
-    N, D = normal.shape[0], normal.shape[-1]
-
-    def expand(t):  # (n, D) -> (N, n, D)
-        return t.expand(N, *t.shape)
-
-    ends = [expand(cls), expand(context), expand(eot[None])]
-    seq_n = torch.cat([expand(sot[None]), normal, *ends], dim=1)  # (N, L_n, D)
-    seq_a = torch.cat([expand(sot[None]), normal, abnormal, *ends], dim=1)  # (N, L_a, D)
+    N = normal.shape[0]
+    seq_n, seq_a = build_branch_sequences(normal, abnormal, context, sot, eot, cls)
     pad = seq_a.shape[1] - seq_n.shape[1]
     seq_n = F.pad(seq_n, (0, 0, 0, pad))
     eot_index = torch.cat([torch.full((N,), seq_a.shape[1] - pad - 1),

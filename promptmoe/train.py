@@ -4,8 +4,9 @@ Taught in chapter 5. Adam with betas (0.6, 0.999), a linear warm-up of the learn
 first ``warmup_epochs``, then ``lr``; batch 16; no augmentation; seeded.
 
 * The CLIP tower is frozen, so its features of an image never change between epochs. With
-  ``cache_features`` they are computed once (15 epochs of image-tower work become one); "auto"
-  caches when the cache fits in ``cache_limit_gb``.
+  ``cache_features`` they are computed once (15 epochs of image-tower work become one), in host
+  memory or in memory-mapped files (``promptmoe/cache.py``); "auto" chooses from the size and the
+  free memory and disk, and says what it chose and why.
 * A checkpoint (trainable tensors + Adam state + config) is written atomically after every epoch;
   ``resume=True`` continues an interrupted run and reaches the same weights as an uninterrupted
   one (the shuffling of epoch e depends only on (seed, e)).
@@ -18,20 +19,24 @@ first ``warmup_epochs``, then ``lr``; batch 16; no augmentation; seeded.
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .backbone import ImageFeatures
+from .cache import CACHE_MODES, FeatureCache, choose_cache  # noqa: F401 (FeatureCache: book)
 from .checkpoint import (RESUMABLE_CHANGES, CheckpointError, atomic_write, config_differences,
                          load_into, load_optimizer, read_checkpoint, save_checkpoint)
 from .config import PromptMoEConfig
+from . import distributed
+from .loading import ChunkBatchSampler, OrderSampler, make_loader
 from .losses import total_loss
 from .model import TINY_CLIP_SEED, PromptMoE, build_model
 from .runtime import get_device
@@ -39,6 +44,8 @@ from .runtime import get_device
 LOG_COLUMNS = ("step", "epoch", "lr", "total", "focal", "dice", "bce", "balance", "decouple")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LOG_NAME = "train_log.csv"
+CACHE_DIR_NAME = "feature_cache"
+log = logging.getLogger(__name__)
 
 
 def learning_rate(step: int, steps_per_epoch: int, config: PromptMoEConfig) -> float:
@@ -53,32 +60,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled order of epoch ``epoch``: a function of (seed, epoch) alone, for resuming."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-class FeatureCache:
-    """Frozen image-tower features (+ masks and labels) of a whole dataset, computed once."""
-
-    def __init__(self, model: PromptMoE, dataset, batch_size: int, device, dtype=torch.float32,
-                 num_workers: int = 0, progress: bool = True):
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        parts, masks, labels = [], [], []
-        for batch in tqdm(loader, desc="caching CLIP features", disable=not progress):
-            feats = model.backbone.encode_image(batch["image"].to(device))
-            parts.append(feats.to(dtype=dtype))
-            masks.append(batch["gt_mask"].to(torch.uint8))
-            labels.append(batch["gt_label"])
-        self.features = ImageFeatures.cat(parts)
-        self.masks = torch.cat(masks)
-        self.labels = torch.cat(labels)
-
-    @staticmethod
-    def estimate_gb(config: PromptMoEConfig, n_images: int, grid: int, dim: int, bytes_per: int = 4) -> float:
-        tokens = len(config.layers) * (grid + 1) + 1
-        return n_images * (tokens * dim * bytes_per + config.image_size ** 2) / 1e9
-
-    def batch(self, idx: torch.Tensor, device):
-        feats = self.features[idx].to(device=device, dtype=torch.float32)
-        return feats, self.masks[idx].to(device).float(), self.labels[idx].to(device)
 
 
 @dataclass
@@ -153,9 +134,56 @@ def _trim_log(path: Path, steps: int) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_bytes("".join(keep).encode()))
 
 
+def _build_cache(model, dataset, config, device, mode, limit_gb, folder, num_workers, progress):
+    """The feature cache ``mode`` asks for (None without one); "auto" logs its choice."""
+    mode = {True: "memory", False: "none"}.get(mode, mode)
+    if mode not in CACHE_MODES + ("auto",):
+        raise ValueError(f"cache_features={mode!r}; choose auto, memory, disk or none")
+    # float16 halves the cache on a GPU; a CPU keeps float32 (no conversions, exact features)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if mode == "auto":
+        h, w = model.backbone.grid_size
+        gb = FeatureCache.estimate_gb(config, len(dataset), h * w, model.backbone.embed_dim,
+                                      bytes_per=torch.finfo(dtype).bits // 8)
+        d = distributed.info()
+        mode, reason = choose_cache(gb, limit_gb, folder, copies=d.world if d else 1)
+        if d is not None:  # every process follows process 0's choice
+            mode, reason = distributed.gather_objects((mode, reason), d)[0]
+        log.info("feature cache: %s (%s)", mode, reason)
+        if progress:
+            print(f"feature cache: {mode} ({reason})")
+    if mode == "none":
+        return None
+    cache = FeatureCache(model, dataset, config.batch_size, device, dtype=dtype,
+                         num_workers=num_workers, progress=progress, where=mode, folder=folder)
+    if cache.reused and progress:
+        print(f"feature cache: reusing the complete cache in {folder}")
+    return cache
+
+
+def _sharded_batch(model, loader_iter, batch_idx, d, device):
+    """Features, masks and labels of a whole batch, the tower run on this process's chunk."""
+    sizes = [len(c) for c in torch.tensor_split(batch_idx, d.world)]
+    S = model.config.image_size
+    h, w = model.backbone.grid_size
+    T, D, L = h * w + 1, model.backbone.embed_dim, len(model.config.layers)
+    template = ImageFeatures([torch.zeros(0, T, D, device=device)] * L,
+                             torch.zeros(0, D, device=device), (h, w))
+    feats, masks = None, torch.zeros(0, S, S, device=device)
+    labels = torch.zeros(0, dtype=torch.int64, device=device)
+    if sizes[d.rank]:
+        b = next(loader_iter)
+        feats = model.backbone.encode_image(b["image"].to(device, non_blocking=True))
+        masks = b["gt_mask"].to(device, non_blocking=True).float()
+        labels = b["gt_label"].to(device)
+    feats, masks, labels = distributed.gather_batch(feats, masks, labels, sizes, template, d)
+    return feats, masks, labels.long()
+
+
 def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, device=None,
-          cache_features="auto", cache_limit_gb: float = 4.0, num_workers: int = 0,
-          progress: bool = True, train_data: str = "", model: Optional[PromptMoE] = None) -> TrainResult:
+          cache_features="auto", cache_limit_gb: float = 4.0, num_workers: Optional[int] = None,
+          progress: bool = True, train_data: str = "", model: Optional[PromptMoE] = None,
+          cache_dir=None) -> TrainResult:
     """Train the prompts of PromptMoE on ``dataset`` and write checkpoints and the loss log.
 
     Args:
@@ -164,9 +192,14 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
         out_dir: folder for ``checkpoint.safetensors`` and ``train_log.csv``.
         resume: continue from ``out_dir/checkpoint.safetensors``; without it an existing
             checkpoint is an error (work is never overwritten).
-        cache_features: True, False or "auto" (cache when it fits in ``cache_limit_gb``).
+        cache_features: "auto" (:func:`~promptmoe.cache.choose_cache`), "memory" (or True),
+            "disk", or "none" (or False).
+        cache_limit_gb: the most host memory an in-memory cache may take.
+        num_workers: data-loader processes (None: :func:`~promptmoe.loading.default_workers`).
         train_data: a label for the data (stored in the checkpoint, shown in reports).
         model: an already built model (tests); by default :func:`~promptmoe.model.build_model`.
+        cache_dir: folder of a disk cache (default ``out_dir/feature_cache``); a complete cache
+            of the same model and data found there is reused (e.g. when resuming).
     """
     out_dir = Path(out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
@@ -190,37 +223,50 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
         start_epoch = int(meta["epoch"])
     n = len(dataset)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    _trim_log(log_path, start_epoch * steps_per_epoch)
-    if cache_features == "auto":
-        grid = model.backbone.grid_size[0] * model.backbone.grid_size[1]
-        cache_features = FeatureCache.estimate_gb(config, n, grid, model.backbone.embed_dim) <= cache_limit_gb
+    dist_info = distributed.info()  # set under torchrun: see promptmoe/distributed.py
+    main = dist_info is None or dist_info.rank == 0
+    progress = progress and main
+    if main:
+        _trim_log(log_path, start_epoch * steps_per_epoch)
+    distributed.barrier()
     cache = None
-    if cache_features and start_epoch < config.epochs:
-        cache = FeatureCache(model, dataset, config.batch_size, device, num_workers=num_workers,
-                             progress=progress)
+    if start_epoch < config.epochs:
+        cache = _build_cache(model, dataset, config, device, cache_features, cache_limit_gb,
+                             Path(cache_dir) if cache_dir else out_dir / CACHE_DIR_NAME,
+                             num_workers, progress)
+    sampler = OrderSampler(range(n)) if dist_info is None else ChunkBatchSampler()
+    loader = None
+    if cache is None:
+        kw = {"sampler": sampler} if dist_info is None else {"batch_sampler": sampler}
+        loader = make_loader(dataset, config.batch_size, device, num_workers, **kw)
     model.train()
     new_log = not log_path.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", newline="") as fh:
+    with (open(log_path, "a", newline="") if main else open(os.devnull, "w")) as fh:
         writer = csv.writer(fh)
         if new_log:
             writer.writerow(LOG_COLUMNS)
         for epoch in range(start_epoch, config.epochs):
             order = epoch_order(n, config.seed, epoch)
             batches = order.split(config.batch_size)
-            if cache is None:
-                loader = DataLoader(Subset(dataset, order.tolist()), batch_size=config.batch_size,
-                                    shuffle=False, num_workers=num_workers)
+            if dist_info is None:
+                sampler.order = order.tolist()
+            else:  # this process loads its chunk of every batch
+                sampler.batches = [distributed.chunk(b, dist_info).tolist() for b in batches]
             bar = tqdm(range(len(batches)), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
             loader_iter = iter(loader) if cache is None else None
             for i in bar:
                 step = epoch * steps_per_epoch + i
                 if cache is not None:
                     feats, masks, labels = cache.batch(batches[i], device)
-                else:
+                elif dist_info is None:
                     b = next(loader_iter)
-                    feats = model.backbone.encode_image(b["image"].to(device))
-                    masks, labels = b["gt_mask"].to(device).float(), b["gt_label"].to(device)
+                    feats = model.backbone.encode_image(b["image"].to(device, non_blocking=True))
+                    masks = b["gt_mask"].to(device, non_blocking=True).float()
+                    labels = b["gt_label"].to(device)
+                else:  # encode this process's chunk, then gather the whole batch everywhere
+                    feats, masks, labels = _sharded_batch(model, loader_iter, batches[i],
+                                                          dist_info, device)
                 lr = learning_rate(step, steps_per_epoch, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -234,10 +280,13 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
                 writer.writerow([step, epoch + 1, lr] + [values[k] for k in LOG_COLUMNS[3:]])
                 bar.set_postfix(loss=f"{values['total']:.4f}")
             fh.flush()
-            save_checkpoint(ckpt_path, model, config, optimizer,
-                            meta={"epoch": epoch + 1, "global_step": (epoch + 1) * steps_per_epoch,
-                                  "clip_seed": TINY_CLIP_SEED, "train_data": train_data,
-                                  "n_images": n,
-                                  "preset": config.preset})
+            if main:
+                save_checkpoint(ckpt_path, model, config, optimizer,
+                                meta={"epoch": epoch + 1,
+                                      "global_step": (epoch + 1) * steps_per_epoch,
+                                      "clip_seed": TINY_CLIP_SEED, "train_data": train_data,
+                                      "n_images": n,
+                                      "preset": config.preset})
     model.eval()
+    distributed.barrier()  # the other processes read the log process 0 wrote
     return TrainResult(model, pd.read_csv(log_path), ckpt_path)

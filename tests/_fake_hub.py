@@ -1,7 +1,7 @@
 """Offline stand-in for the Hugging Face hub: random CLIP weights under the repo id and file name
 open_clip's pretrained table gives for a tag, so ``pretrained="openai"`` runs its real code path.
 
-Used by tests/test_loading.py and tests/test_parity.py (not a test module itself).
+Used by tests/test_pretrained_loading.py and tests/test_parity.py (not a test module itself).
 """
 from __future__ import annotations
 

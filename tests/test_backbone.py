@@ -116,3 +116,17 @@ def test_image_features_helpers(tiny_backbone, images):
     for a, b in zip(both.layer_tokens, feats.layer_tokens):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(both.global_feature, feats.global_feature)
+
+
+def test_block_with_vv_equals_open_clip_block_and_separate_vv(tiny_backbone):
+    """The shared q,k,v projection changes nothing: both outputs match the separate paths."""
+    from promptmoe.backbone import block_with_vv
+
+    g = torch.Generator().manual_seed(3)
+    for block in tiny_backbone.clip.visual.transformer.resblocks:
+        x = torch.randn(3, 17, 64, generator=g)
+        out, vv = block_with_vv(block, x)
+        torch.testing.assert_close(out, block(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(vv, _manual_vv(block, x), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(vv, block.attn(block.ln_1(x), block.ln_1(x), block.ln_1(x))[0],
+                                  atol=1e-3)  # V-V differs from q-k attention

@@ -136,3 +136,18 @@ def test_library_entry_points_pick_cuda_when_available(fake_cuda, tiny_checkpoin
     assert fake_cuda.moves[-1].type == "cuda"
     load_model(tiny_checkpoint, device="cpu")
     assert fake_cuda.moves[-1].type == "cpu"
+
+
+def test_speed_flags_parse_for_train_eval_and_predict():
+    from promptmoe.cli import build_parser
+
+    p = build_parser()
+    t = p.parse_args(["train", "--data", "d", "--out", "o", "--cache", "disk", "--cache-dir", "c",
+                      "--workers", "3", "--precision", "bf16"])
+    assert (t.cache, t.cache_dir, t.workers, t.precision) == ("disk", "c", 3, "bf16")
+    t = p.parse_args(["train", "--data", "d", "--out", "o"])
+    assert (t.cache, t.workers, t.precision) == ("auto", None, "auto")
+    e = p.parse_args(["eval", "--checkpoint", "c", "--data", "x=y", "--out", "o", "--workers", "2"])
+    assert e.workers == 2 and e.precision == "auto"
+    r = p.parse_args(["predict", "img.png", "--precision", "fp32"])
+    assert r.precision == "fp32" and r.workers is None

@@ -1,6 +1,6 @@
 """The paper's silent choices as switches (REFERENCE.md D9 and D4), checked against hand-written
 references on the tiny random CLIP. The positional-embedding resize needs real weights to resize
-and is tested in tests/test_loading.py."""
+and is tested in tests/test_pretrained_loading.py."""
 import logging
 import warnings
 
@@ -32,6 +32,8 @@ def test_global_feature_with_and_without_ln_post(tiny_backbone, images):
     hook = visual.transformer.resblocks[-1].register_forward_hook(
         lambda m, a, out: last.__setitem__("x", out.detach()))
     ours = tiny_backbone.encode_image(images).global_feature  # default: ln_post
+    with torch.no_grad():
+        visual(images)  # open_clip's own forward: the hook sees the original path's last block
     hook.remove()
     cls = last["x"][:, 0]  # (B, W) CLS after the last block, original path
     torch.testing.assert_close(ours, visual.ln_post(cls) @ visual.proj)

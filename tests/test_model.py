@@ -126,3 +126,18 @@ def test_a_few_adam_steps_lower_the_loss(tiny_backbone, images):
         opt.step()
         history.append(loss.item())
     assert history[-1] < history[0] - 0.05, history
+
+
+def test_unpadded_branches_give_the_padded_text_features(tiny_backbone, images, monkeypatch):
+    """Two text-tower calls at the branches' own lengths equal one call with padded normals."""
+    import promptmoe.model as model_mod
+
+    model = _model(tiny_backbone)
+    feats = model.backbone.encode_image(images)
+    visual = [torch.cat([t[:, 1:], feats.global_feature[:, None]], 1) for t in feats.layer_tokens]
+    p = model.prompts(visual)
+    split = model.encode_prompts(p)  # 16 vs 22 tokens: 27% padding, so split
+    monkeypatch.setattr(model_mod, "PAD_WASTE_SPLIT", 2.0)  # never split
+    padded = model.encode_prompts(p)
+    torch.testing.assert_close(split, padded, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(split[:, :, 0], split[:, :, 1], atol=1e-4)  # branches differ

@@ -143,3 +143,33 @@ def test_build_sequences_layout():
     assert row_n == [7] + [1] * 5 + [5] + [3] * 8 + [9] + [0] * 6
     row_a = seq[2, :, 0].tolist()
     assert row_a == [7] + [1] * 5 + [2] * 6 + [5] + [3] * 8 + [9]
+
+
+def _projected_reference(attn, feats):
+    """Eq. 2 the direct way: project every token to K and V, attend, per head (the old code)."""
+    B, T, _ = feats.shape
+    n_q, D = attn.queries.shape
+    h, d = attn.n_heads, D // attn.n_heads
+    k = attn.key(feats).view(B, T, h, d).transpose(1, 2)
+    v = attn.value(feats).view(B, T, h, d).transpose(1, 2)
+    q = attn.queries.view(n_q, h, d).transpose(0, 1).expand(B, h, n_q, d)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, n_q, D)
+
+
+def test_cross_attention_without_token_projections_equals_the_direct_way():
+    torch.manual_seed(1)
+    attn = QueryCrossAttention(n_queries=8, dim=32, visual_dim=24, n_heads=4)
+    with torch.no_grad():
+        attn.queries.mul_(50)  # peaked attention: a wrong scale or head split would show
+    feats = torch.randn(3, 50, 24)
+    ref = _projected_reference(attn, feats)  # (3, 8, 32)
+    torch.testing.assert_close(attn(feats), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn.pooled(feats), ref.mean(dim=1), atol=1e-5, rtol=1e-5)
+    # the gradients reaching the trainable weights are the same too
+    attn.pooled(feats).square().sum().backward()
+    fast = [p.grad.clone() for p in attn.parameters()]
+    attn.zero_grad()
+    ref = _projected_reference(attn, feats)
+    ref.mean(dim=1).square().sum().backward()
+    for a, b in zip(fast, [p.grad for p in attn.parameters()]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
