@@ -146,6 +146,7 @@ def chapter_setup(seed: int = 0, data: Optional[str] = None, **overrides) -> Cha
     from .plots import BOOK_STYLE
 
     matplotlib.rcParams.update(BOOK_STYLE)  # fonts that stay >= 9 pt in the book's column
+    _dash_for_missing()
     if data is None:
         data = "synthetic (generated offline)" if quick else "real datasets under " + str(data_home())
     print(f"preset: {preset} ({config.clip_model}, {config.image_size} px, blocks {config.layers})")
@@ -189,6 +190,29 @@ def _quiet_open_clip_logs() -> None:
     root = logging.getLogger()
     if not any(isinstance(f, _DropOpenClipWarnings) for f in root.filters):
         root.addFilter(_DropOpenClipWarnings())
+
+
+def _dataframe_html(df) -> str:
+    """pandas' notebook HTML of ``df`` with missing values shown as "-" (same row/column limits)."""
+    import pandas as pd
+
+    return df.to_html(na_rep="-", notebook=True, max_rows=pd.get_option("display.max_rows"),
+                      max_cols=pd.get_option("display.max_columns"),
+                      show_dimensions=pd.get_option("display.show_dimensions"))
+
+
+def _dash_for_missing() -> None:
+    """In a notebook, display every DataFrame with NaN as "-" (a metric undefined for a category)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    import pandas as pd
+
+    shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, _dataframe_html)
 
 
 def table_html(df, title: str = "", precision: Optional[int] = None) -> str:

@@ -78,3 +78,12 @@ def test_open_clip_warnings_are_dropped_in_quick_mode_only_from_open_clip():
     mine = logging.LogRecord("root", logging.WARNING, "/x/promptmoe/train.py", 1, "real", None, None)
     bad = logging.LogRecord("root", logging.ERROR, "/x/open_clip/factory.py", 1, "broken", None, None)
     assert (f.filter(rec), f.filter(mine), f.filter(bad)) == (False, True, True)
+
+
+def test_dataframes_in_a_notebook_show_nan_as_dash():
+    import numpy as np
+    import pandas as pd
+
+    out = book._dataframe_html(pd.DataFrame({"au_pro": [0.5, np.nan]}))
+    assert "<td>0.5</td>" in out and "<td>-</td>" in out and "NaN" not in out
+    assert 'class="dataframe"' in out  # the same table pandas shows, only the missing cells differ

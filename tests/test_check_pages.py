@@ -17,6 +17,7 @@ BAD = r"""<html><body><article style="width:600px">
 <p><a href="http://REFERENCE.md">REFERENCE.md</a> <a href="missing.html">gone</a>
    <a href="other.html#nope">no anchor</a></p>
 <div class="cell_output"><pre>WARNING:root:No pretrained weights loaded</pre></div>
+<table><tr><th>pro</th></tr><tr><td>NaN</td></tr></table>
 <pre style="white-space:pre; overflow-x:auto">%s</pre>
 <div><img alt="too wide" style="width:900px; height:10px" src="data:image/gif;base64,R0lGODlhAQABAAAAACw="></div>
 </article></body></html>""" % ("x" * 300)
@@ -70,12 +71,13 @@ def test_parse_probe_reads_the_json_the_theme_decorated():
 
 def test_problems_of_lists_every_kind(site):
     result = {"raw_tex": ["\\(x\\)"], "unrendered": ["E=mc^2"], "math_errors": ["Undefined"],
-              "noise": ["WARNING:root:x"], "overflow": ["pre 900 > 600: x"],
+              "noise": ["WARNING:root:x"], "overflow": ["pre 900 > 600: x"], "nan": ["pro"],
               "links": ["http://REFERENCE.md", "other.html", "other.html"]}
     found = cp.problems_of(result, site / "good.html", site)
     assert [p.split(":")[0] for p in found] == [
         "raw TeX", "math not typeset", "MathJax error", "library noise in an output",
-        "wider than the column", "link to a bare file name, not a site"]
+        "wider than the column", "NaN shown in a table (show '-')",
+        "link to a bare file name, not a site"]
 
 
 @pytest.mark.skipif(cp.find_chromium() is None, reason="chromium is not installed")
@@ -85,7 +87,8 @@ def test_chromium_sees_what_a_reader_sees(site):
     assert report["other.html @ 1280px"] == []
     bad = report["bad.html @ 1280px"]
     kinds = sorted({p.split(":")[0] for p in bad})
-    assert kinds == ["broken anchor", "broken local link", "library noise in an output",
+    assert kinds == ["NaN shown in a table (show '-')", "broken anchor", "broken local link",
+                     "library noise in an output",
                      "link to a bare file name, not a site", "raw TeX", "wider than the column"]
     wide = [p for p in bad if p.startswith("wider")]
     assert any(p.startswith("wider than the column: pre ") for p in wide)

@@ -13,7 +13,7 @@ reads it back and fails (exit status 1) on:
   not typeset (a ``.math`` element without ``mjx-container``, or a MathJax error);
 * broken local links (missing file or missing ``#anchor``) and links to bare file names that the
   Markdown parser turned into domains (``http://REFERENCE.md``);
-* ``WARNING``, ``Traceback`` or ``...Warning:`` in a cell's output;
+* ``WARNING``, ``Traceback`` or ``...Warning:`` in a cell's output, and ``NaN`` in a table cell;
 * code or output wider than its column (``scrollWidth > clientWidth`` of a ``pre``), an image
   wider than the article, or a table that sticks out of the column without a scrolling container.
 
@@ -79,6 +79,11 @@ PROBE_JS = r"""
     document.querySelectorAll(".cell_output").forEach(function (e) {
       var m = (e.innerText || "").match(/.*(\bWARNING\b|Traceback \(most recent call last\)|\b\w*Warning:).*/);
       if (m) r.noise.push(clip(m[0]));
+    });
+    r.nan = [];
+    document.querySelectorAll("article td").forEach(function (e) {
+      if (/^(NaN|nan)$/.test(e.textContent.trim()))
+        r.nan.push(clip((e.closest("table").querySelector("th") || e).textContent));
     });
     var article = document.querySelector("article") || document.body;
     var right = article.getBoundingClientRect().right;
@@ -171,6 +176,7 @@ def problems_of(result: Dict, page: Path, site: Path) -> List[str]:
     out += [f"MathJax error: {t}" for t in result.get("math_errors", [])]
     out += [f"library noise in an output: {t}" for t in result.get("noise", [])]
     out += [f"wider than the column: {t}" for t in result.get("overflow", [])]
+    out += [f"NaN shown in a table (show '-'): {t}" for t in sorted(set(result.get("nan", [])))]
     for href in sorted(set(result.get("links", []))):
         why = link_problem(page, href, site)
         if why:
