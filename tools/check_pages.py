@@ -14,7 +14,8 @@ reads it back and fails (exit status 1) on:
 * broken local links (missing file or missing ``#anchor``) and links to bare file names that the
   Markdown parser turned into domains (``http://REFERENCE.md``);
 * ``WARNING``, ``Traceback`` or ``...Warning:`` in a cell's output, and ``NaN`` in a table cell;
-* code or output wider than its column (``scrollWidth > clientWidth`` of a ``pre``), an image
+* code or output wider than its column (``scrollWidth > clientWidth`` of a ``pre``), a code
+  column too narrow for a 100-character line (measured in the page's own code font), an image
   wider than the article, or a table that sticks out of the column without a scrolling container.
 
 The network is blocked with ``--host-resolver-rules`` and a dead proxy: anything loaded from a CDN
@@ -91,6 +92,21 @@ PROBE_JS = r"""
       if (e.scrollWidth > e.clientWidth + 1)
         r.overflow.push("pre " + e.scrollWidth + " > " + e.clientWidth + ": " + clip(e.textContent));
     });
+    var code = article.querySelector("div.highlight pre");
+    if (code) {  // does a 100-character line fit the code column without wrapping?
+      var cs = getComputedStyle(code), probe100 = document.createElement("span");
+      probe100.style.cssText = "position:absolute; display:inline-block; white-space:pre; " +
+        "font-family:" + cs.fontFamily + "; font-size:" + cs.fontSize + "; letter-spacing:" +
+        cs.letterSpacing;
+      probe100.textContent = "x".repeat(100);
+      document.body.appendChild(probe100);
+      var need = probe100.getBoundingClientRect().width;
+      probe100.remove();
+      var room = code.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+      if (need > room + 0.5)
+        r.overflow.push("100-character code line needs " + Math.round(need) + " px, the code column has " +
+                        Math.round(room) + " px");
+    }
     article.querySelectorAll("img, table").forEach(function (e) {
       var b = e.getBoundingClientRect();
       if (b.width > 0 && b.right > right + 1 && !scrolls(e, article))
