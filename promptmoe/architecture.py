@@ -55,7 +55,7 @@ def _arrow(ax, start, end, text=""):
 
 def _canvas(width, height, title):
     fig, ax = plt.subplots(figsize=fit(width, height))
-    ax.set(xlim=(0, width), ylim=(0, height), xticks=[], yticks=[])
+    ax.set(xlim=(-0.1, width + 0.1), ylim=(-0.2, height), xticks=[], yticks=[])  # room for box padding
     ax.axis("off")
     ax.set_title(title, fontsize=MIN_FONT + 1)
     return fig, ax
