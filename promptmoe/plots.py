@@ -205,6 +205,9 @@ def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str
         elif masks is not None:
             axes[top + 1, col].imshow(np.asarray(masks[i], float), cmap="gray", vmin=0, vmax=1)
         axes[top + len(rows) - 1, col].imshow(overlay(images[i], maps[i], alpha, cmap))
+    for i in range(n, blocks * ncols):  # the unused cells of the last block: no empty frames
+        for r in range(len(rows)):
+            axes[(i // ncols) * len(rows) + r, i % ncols].set_axis_off()
     return _label(fig, preset, data)
 
 
