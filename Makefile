@@ -1,6 +1,8 @@
 # Two commands a reader needs (README.md):
 #   make book   set up .venv, then build the HTML book, executing every chapter (quick preset offline)
 #   make test   set up .venv, then run the unit tests and the notebooks (pytest + nbval)
+#   make book-check   after make book: open every page in headless Chromium (network blocked) and
+#                     fail on raw TeX, broken links, warnings in outputs, code wider than the column
 # Everything runs offline: HF_HUB_OFFLINE stops open_clip from trying to reach the hub.
 
 VENV   ?= .venv
@@ -10,7 +12,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 QUICK  := HF_HUB_OFFLINE=1 PROMPTMOE_PRESET=$${PROMPTMOE_PRESET:-tiny}
 
-.PHONY: setup test unit notebooks book clean
+.PHONY: setup test unit notebooks book book-check clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +34,9 @@ test: setup
 
 book: setup
 	$(QUICK) $(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+
+book-check: setup
+	$(PY) tools/check_pages.py _build/html --widths 1280 1920
 
 clean:
 	rm -rf _build .pytest_cache

@@ -8,6 +8,8 @@ set generated offline; with the ``paper`` preset the real datasets are looked up
 """
 from __future__ import annotations
 
+import html
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -26,14 +28,46 @@ QUICK_NOTE = ("quick mode: a random-init tiny CLIP on synthetic data. Numbers be
               "are shown beside them.")
 
 
+DRIVE_ENV = "PROMPTMOE_DRIVE"  # "1": keep runs on Google Drive (Colab), they survive a disconnect
+COLAB_DATA = Path("/content/data")
+DRIVE_RUNS = Path("/content/drive/MyDrive/promptmoe_runs")
+
+
+def on_colab() -> bool:
+    """True inside Google Colab (its runtime sets ``COLAB_RELEASE_TAG``)."""
+    return "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ
+
+
 def data_home() -> Path:
-    """Root of the datasets: ``$PROMPTMOE_DATA`` or ``~/promptmoe_data``."""
-    return Path(os.environ.get(DATA_ENV, Path.home() / "promptmoe_data")).expanduser()
+    """Root of the datasets: ``$PROMPTMOE_DATA``; else ``/content/data`` on Colab, ``~/promptmoe_data``."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return COLAB_DATA if on_colab() else Path.home() / "promptmoe_data"
 
 
 def runs_home() -> Path:
-    """Where chapters write checkpoints and reports: ``$PROMPTMOE_RUNS`` or ``./runs``."""
-    return Path(os.environ.get(RUNS_ENV, "runs")).expanduser()
+    """Where chapters write checkpoints and reports.
+
+    ``$PROMPTMOE_RUNS`` if set; else, with ``PROMPTMOE_DRIVE=1`` (or after :func:`use_drive`),
+    ``/content/drive/MyDrive/promptmoe_runs`` so that runs survive a Colab disconnect; else ``./runs``.
+    """
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV]).expanduser()
+    if os.environ.get(DRIVE_ENV, "") not in ("", "0"):
+        return DRIVE_RUNS
+    return Path("runs")
+
+
+def use_drive(mount: bool = True) -> Path:
+    """Keep this session's runs on Google Drive: mount it (on Colab) and point :func:`runs_home` there."""
+    if mount and on_colab() and not Path("/content/drive/MyDrive").is_dir():
+        from google.colab import drive  # only exists on Colab
+
+        drive.mount("/content/drive")
+    os.environ[DRIVE_ENV] = "1"
+    DRIVE_RUNS.mkdir(parents=True, exist_ok=True)
+    print(f"runs are kept on Google Drive: {DRIVE_RUNS}")
+    return DRIVE_RUNS
 
 
 def synthetic_root(seed: int = 0, size: int = 128) -> Path:
@@ -89,10 +123,13 @@ class Chapter:
         return {"preset": self.preset, "data": self.data}
 
 
-def chapter_setup(seed: int = 0, device=None, **overrides) -> Chapter:
+def chapter_setup(seed: int = 0, device=None, data: Optional[str] = None, **overrides) -> Chapter:
     """Pick the preset, seed everything, and say plainly what the chapter's numbers are.
 
     ``device`` follows :func:`promptmoe.runtime.get_device` (None: CUDA when present, else CPU).
+    ``data`` names the data of a chapter that uses the same images on every device (chapters 2,
+    3 and 9 work on synthetic images even on a GPU); by default it follows the preset: synthetic
+    in quick mode, the real datasets under :func:`data_home` otherwise.
     """
     preset = default_preset()
     config = PromptMoEConfig.from_preset(preset, seed=seed, **overrides)
@@ -103,7 +140,16 @@ def chapter_setup(seed: int = 0, device=None, **overrides) -> Chapter:
         # the tiny model's ops are too small to gain from threads; two OpenMP threads on a busy
         # 2-core machine made training 10-20x slower
         torch.set_num_threads(1)
-    data = "synthetic (generated offline)" if quick else "real datasets under " + str(data_home())
+    if quick:
+        _quiet_open_clip_logs()
+    import matplotlib
+
+    from .plots import BOOK_STYLE
+
+    matplotlib.rcParams.update(BOOK_STYLE)  # fonts that stay >= 9 pt in the book's column
+    _dash_for_missing()
+    if data is None:
+        data = "synthetic (generated offline)" if quick else "real datasets under " + str(data_home())
     print(f"preset: {preset} ({config.clip_model}, {config.image_size} px, blocks {config.layers})")
     print(f"device: {device}; data: {data}")
     if quick:
@@ -132,3 +178,58 @@ def check_close(name: str, a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5,
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
     diff = (a - b).abs().max().item() if a.numel() else 0.0
     print(f"{name}: equal (max abs difference {diff:.1e})  ok")
+
+
+class _DropOpenClipWarnings(logging.Filter):
+    """Drops open_clip's root-logger warnings about the random-init tiny model (quick mode only)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("open_clip" in record.pathname and record.levelno <= logging.WARNING)
+
+
+def _quiet_open_clip_logs() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropOpenClipWarnings) for f in root.filters):
+        root.addFilter(_DropOpenClipWarnings())
+
+
+def _dataframe_html(df) -> str:
+    """pandas' notebook HTML of ``df`` with missing values shown as "-" (same row/column limits)."""
+    import pandas as pd
+
+    return df.to_html(na_rep="-", notebook=True, max_rows=pd.get_option("display.max_rows"),
+                      max_cols=pd.get_option("display.max_columns"),
+                      show_dimensions=pd.get_option("display.show_dimensions"))
+
+
+def _dash_for_missing() -> None:
+    """In a notebook, display every DataFrame with NaN as "-" (a metric undefined for a category)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    import pandas as pd
+
+    shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, _dataframe_html)
+
+
+def table_html(df, title: str = "", precision: Optional[int] = None) -> str:
+    """``title`` and ``df`` as one HTML block; missing values (NaN) shown as "-"."""
+    fmt = None if precision is None else (lambda v: f"{v:.{precision}f}")
+    head = f'<p class="pm-table-title">{html.escape(title)}</p>' if title else ""
+    body = df.to_html(na_rep="-", float_format=fmt, border=0, classes="pm-table")
+    return f'<div class="pm-table-block">{head}{body}</div>'
+
+
+def show_table(df, title: str = "", precision: Optional[int] = None) -> None:
+    """Display a table with its title directly above it, as ONE output (NaN shown as "-").
+
+    A ``print(title)`` followed by ``display(df)`` gives two outputs, which the book's build may
+    reorder or separate; this helper keeps them together.
+    """
+    from IPython.display import HTML, display
+
+    display(HTML(table_html(df, title, precision)))

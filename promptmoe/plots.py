@@ -24,6 +24,19 @@ from .paper import PRO_COMPAT, PRO_OFFICIAL, PRO_PAPER
 LOSS_TERMS = ("total", "focal", "dice", "bce", "balance", "decouple")
 TINY_NOTE = "random CLIP, quick mode \u2014 plumbing, not a result"
 BRANCHES = ("normal", "abnormal")
+# The book's content column shows about 7 inches of a 100-dpi figure at 1280 px without shrinking
+# it much, so 9-point text stays >= 9 points on the page (tools/check_pages.py looks at the page).
+COLUMN_INCHES = 7.0
+MIN_FONT = 9
+BOOK_STYLE = {"figure.dpi": 100, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+              "xtick.labelsize": MIN_FONT, "ytick.labelsize": MIN_FONT, "legend.fontsize": MIN_FONT,
+              "figure.titlesize": 11}
+
+
+def fit(width: float, height: float, column: float = COLUMN_INCHES) -> Tuple[float, float]:
+    """``(width, height)`` in inches scaled down (aspect kept) to at most the column's width."""
+    scale = min(1.0, column / width)
+    return width * scale, height * scale
 
 
 def run_label(preset: str, data: str) -> str:
@@ -37,28 +50,28 @@ def _label(fig, preset: str, data: str, caller_ax=None):
     label = run_label(preset, data)
     if caller_ax is not None:  # the caller owns the figure: a caption could collide with theirs
         title = caller_ax.get_title()
-        caller_ax.set_title(f"{title}\n{label}" if title else label, fontsize=8)
+        caller_ax.set_title(f"{title}\n{label}" if title else label, fontsize=MIN_FONT)
         return fig
-    # wrap to the figure's width (~14 characters per inch at 8 pt): a narrow plot must not crop it
-    lines = textwrap.wrap(label, max(20, int(fig.get_figwidth() * 14)))
+    # wrap to the figure's width (~12 characters per inch at 9 pt): a narrow plot must not crop it
+    lines = textwrap.wrap(label, max(20, int(fig.get_figwidth() * 12)))
     with warnings.catch_warnings():  # tight_layout warns on colorbars and legends: cosmetic
         warnings.simplefilter("ignore")
         fig.tight_layout(rect=(0, (0.15 + 0.15 * len(lines)) / fig.get_figheight(), 1, 1))
     fig.text(0.5, 0.05 / fig.get_figheight(), "\n".join(lines), ha="center", va="bottom",
-             fontsize=8, color="dimgray")
+             fontsize=MIN_FONT, color="dimgray")
     return fig
 
 
 def _axes(ax, figsize):
     """``(fig, ax)``: the caller's Axes, or one on a fresh figure."""
-    return plt.subplots(figsize=figsize) if ax is None else (ax.figure, ax)
+    return plt.subplots(figsize=fit(*figsize)) if ax is None else (ax.figure, ax)
 
 
 def _grid(n: int, ncols: int = 3, size=(4.0, 3.0)):
     """A figure with ``n`` Axes in rows of ``ncols`` (spare cells removed), returned flat."""
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
+    fig, axes = plt.subplots(nrows, ncols, figsize=fit(size[0] * ncols, size[1] * nrows),
                              squeeze=False)
     for spare in axes.ravel()[n:]:
         spare.remove()
@@ -114,7 +127,7 @@ def plot_decouple_dynamics(logs: Mapping[str, pd.DataFrame], smooth: int = 1,
                         color=f"C{i}", label=name)
     for ax, term in zip(axes, ("balance", "decouple")):
         ax.set(title=f"$L_{{{term}}}$ (unweighted)", xlabel="step")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=MIN_FONT)
     fig.suptitle("Effect of $L_{decouple}$ on MoE training dynamics")
     return _label(fig, preset, data)
 
@@ -164,7 +177,7 @@ def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str
         maps: N anomaly maps (H, W); if not all in [0, 1] they share one min-max scale.
         masks: N masks (H, W) or None entries (drawn as "no mask"); masks=None drops the row.
         titles, scores: per-sample column titles and image scores (``pred_score``).
-        ncols: samples per block of rows (default: all N side by side).
+        ncols: samples per block of rows (default 4, so that the grid fits the book's column).
 
     Returns a figure of ``rows * ceil(N / ncols) * ncols`` Axes, rows = 3 (2 without masks).
     """
@@ -172,11 +185,11 @@ def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str
     if len(maps) != n:
         raise ValueError(f"{n} images but {len(maps)} maps")
     maps = _to_unit([np.asarray(m, dtype=np.float64) for m in maps])
-    ncols = min(ncols or n, n)
+    ncols = min(ncols or 4, n)
     rows = ["image", "ground truth", "overlay"] if masks is not None else ["image", "overlay"]
     blocks = math.ceil(n / ncols)
     fig, axes = plt.subplots(len(rows) * blocks, ncols, squeeze=False,
-                             figsize=(2.2 * ncols, 2.2 * len(rows) * blocks + 0.4))
+                             figsize=fit(2.2 * ncols, 2.2 * len(rows) * blocks + 0.4))
     for ax in axes.ravel():
         ax.set(xticks=[], yticks=[])
     for b in range(blocks):
@@ -187,20 +200,23 @@ def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str
         axes[top, col].imshow(_as_uint8(images[i]))
         head = titles[i] if titles is not None else f"sample {i}"
         head += f"\nscore={float(scores[i]):.3f}" if scores is not None else ""
-        axes[top, col].set_title(head, fontsize=8)
+        axes[top, col].set_title(head, fontsize=MIN_FONT)
         if masks is not None and masks[i] is None:
             axes[top + 1, col].text(0.5, 0.5, "no mask", ha="center", va="center")
             axes[top + 1, col].set_facecolor("0.85")  # not white: white means "all anomalous"
         elif masks is not None:
             axes[top + 1, col].imshow(np.asarray(masks[i], float), cmap="gray", vmin=0, vmax=1)
         axes[top + len(rows) - 1, col].imshow(overlay(images[i], maps[i], alpha, cmap))
+    for i in range(n, blocks * ncols):  # the unused cells of the last block: no empty frames
+        for r in range(len(rows)):
+            axes[(i // ncols) * len(rows) + r, i % ncols].set_axis_off()
     return _label(fig, preset, data)
 
 
 def plot_similarity_maps(image, maps: Mapping[str, np.ndarray], *, preset: str, data: str,
                          cmap: str = "jet"):
     """One row: the image, then each map on its own colour scale (chapter 2, layer by layer)."""
-    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)), 3.5),
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=fit(2.6 * (1 + len(maps)), 3.5),
                              squeeze=False)
     axes[0, 0].imshow(_as_uint8(image))
     for ax, amap in zip(axes[0, 1:], maps.values()):
@@ -261,7 +277,7 @@ def plot_expert_activation(routing: pd.DataFrame, branch: Optional[str] = None,
                    color=palette[j])
         ax.set_xticks(range(n_experts), [f"E{e + 1}" for e in range(n_experts)])
         ax.set(title=f"{b} experts ({where})", ylabel="activation frequency")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=MIN_FONT)
     return _label(fig, preset, data)
 
 
@@ -296,9 +312,9 @@ def plot_expert_tsne(normal_means, abnormal_means, perplexity: Optional[float] =
         axis.scatter(*xy[pool == name].T, c=colour, label=f"{name} experts", s=30)
     for point, name in zip(xy, names):
         if name:
-            axis.annotate(str(name), point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.annotate(str(name), point, fontsize=MIN_FONT, xytext=(3, 3), textcoords="offset points")
     axis.set_title(f"t-SNE of mean expert embeddings (perplexity={perplexity:g})")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=MIN_FONT)
     return _label(fig, preset, data, ax)
 
 
@@ -335,7 +351,7 @@ def plot_pro_curves(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], fpr_lim
         axis.plot(fprs[ok][order], pros[ok][order], label=name)
     axis.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate",
              ylabel="per-region overlap", title="PRO curves")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=MIN_FONT)
     return _label(fig, preset, data, ax)
 
 
@@ -354,9 +370,9 @@ def _paired_bars(ax, names, paper, ours, horizontal=False, extra=None):
         ok = np.isfinite(values)
         shift = (i - (len(series) - 1) / 2) * w
         ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour),
-                     fmt="%.1f", fontsize=7, padding=1)
+                     fmt="%.1f", fontsize=MIN_FONT, padding=1)
     (ax.set_yticks if horizontal else ax.set_xticks)(pos, names)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=MIN_FONT)
 
 
 def _panels(table: pd.DataFrame) -> list:

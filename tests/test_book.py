@@ -45,3 +45,55 @@ def test_chapter_setup_follows_the_device_rule(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert book.chapter_setup().device == torch.device("cpu")
     assert "device: cpu" in capsys.readouterr().out
+
+
+def test_colab_data_root_env_override_and_drive_runs(monkeypatch, tmp_path):
+    for var in ("PROMPTMOE_DATA", "PROMPTMOE_RUNS", "PROMPTMOE_DRIVE", "COLAB_RELEASE_TAG", "COLAB_GPU"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert book.data_home() == tmp_path / "promptmoe_data" and book.runs_home().as_posix() == "runs"
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-x")
+    assert book.on_colab() and book.data_home().as_posix() == "/content/data"
+    monkeypatch.setenv("PROMPTMOE_DATA", str(tmp_path / "mine"))
+    assert book.data_home() == tmp_path / "mine"  # the override wins on Colab too
+    monkeypatch.setenv("PROMPTMOE_DRIVE", "1")
+    assert book.runs_home().as_posix() == "/content/drive/MyDrive/promptmoe_runs"
+    monkeypatch.setenv("PROMPTMOE_RUNS", str(tmp_path / "r"))
+    assert book.runs_home() == tmp_path / "r"
+
+
+def test_chapter_setup_data_label_for_synthetic_chapters(monkeypatch, capsys):
+    monkeypatch.setenv("PROMPTMOE_PRESET", "small")
+    ch = book.chapter_setup(data="synthetic images on every device")
+    assert ch.data == "synthetic images on every device" and not ch.quick
+    assert "data: synthetic images on every device" in capsys.readouterr().out
+
+
+def test_show_table_keeps_title_with_table_and_nan_as_dash():
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame({"image_auroc": [91.25, np.nan]}, index=["bottle", "cable"])
+    out = book.table_html(df, "Table 8 <MVTec>", precision=1)
+    assert out.startswith('<div class="pm-table-block"><p class="pm-table-title">Table 8 &lt;MVTec&gt;</p>')
+    assert "<td>91.2</td>" in out or "<td>91.3</td>" in out
+    assert "<td>-</td>" in out and "NaN" not in out and "nan" not in out
+
+
+def test_open_clip_warnings_are_dropped_in_quick_mode_only_from_open_clip():
+    import logging
+
+    f = book._DropOpenClipWarnings()
+    rec = logging.LogRecord("root", logging.WARNING, "/x/open_clip/factory.py", 1, "No pretrained", None, None)
+    mine = logging.LogRecord("root", logging.WARNING, "/x/promptmoe/train.py", 1, "real", None, None)
+    bad = logging.LogRecord("root", logging.ERROR, "/x/open_clip/factory.py", 1, "broken", None, None)
+    assert (f.filter(rec), f.filter(mine), f.filter(bad)) == (False, True, True)
+
+
+def test_dataframes_in_a_notebook_show_nan_as_dash():
+    import numpy as np
+    import pandas as pd
+
+    out = book._dataframe_html(pd.DataFrame({"au_pro": [0.5, np.nan]}))
+    assert "<td>0.5</td>" in out and "<td>-</td>" in out and "NaN" not in out
+    assert 'class="dataframe"' in out  # the same table pandas shows, only the missing cells differ

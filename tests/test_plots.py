@@ -165,6 +165,12 @@ def test_show_maps_grid():
     fig = plots.show_maps(images, maps, preset="small", data="VisA", ncols=3)
     assert len(fig.axes) == 2 * 2 * 3  # (image, overlay) x 2 row blocks x 3 columns
     assert_labelled(fig, "small", "VisA")
+    # 4 samples in rows of 3: the last block's two unused columns draw no frames
+    hidden = [ax for ax in fig.axes if not ax.axison]
+    assert len(hidden) == 2 * 2 and all(not ax.images for ax in hidden)
+    six = plots.show_maps(images + images[:2], maps + maps[:2], preset="tiny", data="x")
+    assert len(six.axes) == 2 * 2 * 4  # default: 4 samples per row block (fits the column)
+    assert six.get_figwidth() <= plots.COLUMN_INCHES + 1e-9
 
 
 def test_similarity_maps():
@@ -317,3 +323,9 @@ def test_side_by_side_plot_puts_compat_pro_beside_the_papers():
     with pytest.raises(ValueError, match="pixel_auroc"):
         plots.plot_side_by_side(table, metrics=["pixel_auroc"], preset="paper", data="MVTec AD")
     plt.close("all")
+
+
+def test_fit_scales_wide_figures_to_the_column():
+    assert plots.fit(14, 4) == (7.0, 2.0)  # halved, aspect kept
+    assert plots.fit(5, 3) == (5, 3)  # already fits: unchanged
+    assert plots.fit(10, 5, column=5) == (5.0, 2.5)
