@@ -40,6 +40,8 @@ def test_notebook_is_stored_clean(path):
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None, \
                 f"{path.name} cell {i} is stored with outputs: clear them before committing"
+        if (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5):  # nbformat warns, then will refuse
+            assert cell.get("id"), f"{path.name} cell {i} has no id (nbformat 4.5 needs one)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
