@@ -66,3 +66,11 @@ def test_introduction_mentions_the_presets_and_datasets():
     for word in ("tiny", "small", "paper", "MVTec AD", "PROMPTMOE_DATA", "quick mode"):
         assert word in text
     assert re.search(r"colab", text, re.I)
+
+
+def test_the_book_never_points_at_files_outside_this_repository():
+    """REFERENCE.md lives beside the repository, not in it: a link to it is a dead link that
+    Sphinx renders as http://REFERENCE.md. Chapters link to Appendix A instead."""
+    pages = NOTEBOOKS + sorted((ROOT / "book").glob("*.md"))
+    bad = [p.name for p in pages if "REFERENCE.md" in p.read_text() and p.name != "AUTHORING.md"]
+    assert not bad, f"{bad} mention REFERENCE.md: link to appendix_design_decisions.md instead"
