@@ -5,7 +5,7 @@ Taught in chapter 5. REFERENCE.md section 5.
 The CLIP towers are frozen and training uses no augmentation, so the image tower maps an image to
 the same features in every epoch: computing them once turns 15 epochs of tower work into one.
 Per image the cache holds the tokens of every feature layer, the global feature, the mask and the
-label. It never sits on the GPU (a T4 has 16 GB; the paper preset on MVTec AD needs 14.5 GB in
+label. It never sits on the GPU (a T4 has 16 GB; the paper preset on MVTec AD needs 15.0 GB in
 float16). Where it lives:
 
 * ``"memory"``: torch tensors in host RAM;

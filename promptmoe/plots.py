@@ -45,8 +45,11 @@ def run_label(preset: str, data: str) -> str:
     return f"this run: preset={preset}{note}, data={data}"
 
 
-def _label(fig, preset: str, data: str, caller_ax=None):
-    """Caption ``fig`` with the run label; on a caller's Axes put it in that Axes' title instead."""
+def _label(fig, preset: str, data: str, caller_ax=None, legend=None):
+    """Caption ``fig`` with the run label; on a caller's Axes put it in that Axes' title instead.
+
+    ``legend``: optional (handles, labels) drawn as one row under the Axes, above the caption,
+    where it can cover no bar (the Axes are laid out above it)."""
     label = run_label(preset, data)
     if caller_ax is not None:  # the caller owns the figure: a caption could collide with theirs
         title = caller_ax.get_title()
@@ -54,9 +57,14 @@ def _label(fig, preset: str, data: str, caller_ax=None):
         return fig
     # wrap to the figure's width (~12 characters per inch at 9 pt): a narrow plot must not crop it
     lines = textwrap.wrap(label, max(20, int(fig.get_figwidth() * 12)))
+    caption_in = 0.15 + 0.15 * len(lines)  # inches under the Axes kept for the caption
+    legend_in = 0.0 if legend is None else 0.35  # one row of 9 pt entries
     with warnings.catch_warnings():  # tight_layout warns on colorbars and legends: cosmetic
         warnings.simplefilter("ignore")
-        fig.tight_layout(rect=(0, (0.15 + 0.15 * len(lines)) / fig.get_figheight(), 1, 1))
+        fig.tight_layout(rect=(0, (caption_in + legend_in) / fig.get_figheight(), 1, 1))
+    if legend is not None:
+        fig.legend(*legend, loc="lower center", ncol=len(legend[1]), frameon=False,
+                   fontsize=MIN_FONT, bbox_to_anchor=(0.5, caption_in / fig.get_figheight()))
     fig.text(0.5, 0.05 / fig.get_figheight(), "\n".join(lines), ha="center", va="bottom",
              fontsize=MIN_FONT, color="dimgray")
     return fig
@@ -410,15 +418,21 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
                              f"{list(table)}")
         panels = [p for p in panels if p[0] in wanted]
     nan = pd.Series(np.nan, index=table.index)
-    fig, axes = _grid(len(panels), 2, (max(4.0, 0.9 * len(table) + 2), 3.5))
+    fig, axes = _grid(len(panels), 2, (max(4.0, 0.9 * len(table) + 2), 4.5))
     for ax, (_, title, paper_col, ours_col, extra) in zip(axes, panels):
         third = None if extra is None else (extra[0], table.get(extra[1], nan))
         _paired_bars(ax, list(table.index), table.get(paper_col, nan), table.get(ours_col, nan),
                      extra=third)
         ax.set(title=title, ylabel="%", ylim=(0, 108))
         ax.tick_params(axis="x", labelrotation=30)
+    # one legend for all panels, under them: inside a panel it covers bars at column width
+    entries = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(name, handle)
+        ax.get_legend().remove()
     fig.suptitle("Paper vs this run")
-    return _label(fig, preset, data)
+    return _label(fig, preset, data, legend=(list(entries.values()), list(entries)))
 
 
 def plot_ablation(table: pd.DataFrame, metric: str = "", *, preset: str, data: str, ax=None):

@@ -78,3 +78,15 @@ def test_auto_says_what_it_chose_and_why(tmp_path, capsys):
     train(_cfg(epochs=1), FixedDataset(), tmp_path / "a", cache_features="auto", progress=True)
     out = capsys.readouterr().out
     assert "feature cache: memory (the feature cache needs 0.00 GB: it fits in memory" in out
+
+
+def test_paper_preset_mvtec_cache_size_is_the_one_the_help_and_book_quote():
+    from promptmoe.cli import build_parser
+
+    # 1725 images x (4 layers x (37^2 + 1) + 1 tokens x 768 x 2 bytes + a 518^2 uint8 mask)
+    gb = FeatureCache.estimate_gb(PromptMoEConfig.paper(), 1725, grid=37 * 37, dim=768,
+                                  bytes_per=2)
+    assert gb == pytest.approx(1725 * (5481 * 768 * 2 + 518 ** 2) / 1e9)
+    assert round(gb, 1) == 15.0
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert f"{gb:.1f} GB in fp16" in " ".join(train_parser.format_help().split())

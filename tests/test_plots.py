@@ -329,3 +329,24 @@ def test_fit_scales_wide_figures_to_the_column():
     assert plots.fit(14, 4) == (7.0, 2.0)  # halved, aspect kept
     assert plots.fit(5, 3) == (5, 3)  # already fits: unchanged
     assert plots.fit(10, 5, column=5) == (5.0, 2.5)
+
+
+def test_side_by_side_legend_sits_under_the_panels_not_on_the_bars():
+    from promptmoe import paper
+
+    table = paper.side_by_side({"mvtec": {"image_auroc": 0.5, "au_pro": 0.4, "pro_compat": 0.45},
+                                "visa": {"image_auroc": 0.6, "au_pro": 0.3, "pro_compat": 0.35}})
+    fig = plots.plot_side_by_side(table, preset="paper", data="MVTec AD")
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no legend inside a panel
+    assert len(fig.legends) == 1
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["paper", "this run",
+                                                          "this run, official AU-PRO"]
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:  # under every panel, tick labels included, and above the caption
+        assert box.y1 <= ax.get_tightbbox(renderer).y0 + 1e-6
+    caption = next(t for t in fig.texts if t.get_text().startswith("this run:"))
+    assert box.y0 >= caption.get_window_extent(renderer).y1 - 1e-6
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1  # one row that fits the figure's width
+    plt.close("all")
