@@ -93,7 +93,8 @@ def _save_npy(path, array: np.ndarray) -> None:
 
 
 def _unique_name(src: Path, i: int, taken: set) -> str:
-    base = f"{src.parent.name}_{src.stem}"  # defect folders share stems
+    # defect folders share stems; a file in the current folder has no parent name
+    base = f"{src.parent.name}_{src.stem}" if src.parent.name else src.stem
     name = base if base not in taken else f"{base}_{i}"
     taken.add(name)
     return name

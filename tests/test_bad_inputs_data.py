@@ -7,6 +7,7 @@ warning). The CLI side of the matrix is tests/test_bad_inputs_cli.py.
 """
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -390,3 +391,12 @@ def test_collect_inputs_errors_name_the_input(tmp_path, given, message):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=message):
         collect_inputs([given.format(t=tmp_path)])
+
+
+def test_overlay_of_a_file_in_the_current_folder_has_no_leading_underscore(tmp_path, monkeypatch):
+    from promptmoe.predict import _unique_name
+
+    assert _unique_name(Path("a.png"), 0, set()) == "a"  # not "_a"
+    assert _unique_name(Path("good") / "a.png", 0, set()) == "good_a"
+    taken = {"good_a"}
+    assert _unique_name(Path("good") / "a.png", 3, taken) == "good_a_3"
