@@ -2,8 +2,8 @@
 
 Taught in chapter 5 (README "More than one GPU"). Run any command under torchrun::
 
-    torchrun --nproc_per_node=4 -m promptmoe train --data /data/mvtec --out runs/paper
-    torchrun --nproc_per_node=4 -m promptmoe eval --checkpoint runs/paper/checkpoint.safetensors \
+    torchrun --standalone --nproc_per_node=4 -m promptmoe train --data /data/mvtec --out runs/paper
+    torchrun --standalone --nproc_per_node=4 -m promptmoe eval --checkpoint runs/paper/checkpoint.safetensors \
         --data visa=/data/visa --out runs/paper/eval
 
 The frozen image tower is about 95% of a training step (REFERENCE.md section 5), so that is what
