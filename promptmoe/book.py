@@ -9,7 +9,6 @@ set generated offline; with the ``paper`` preset the real datasets are looked up
 from __future__ import annotations
 
 import html
-import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -140,8 +139,6 @@ def chapter_setup(seed: int = 0, device=None, data: Optional[str] = None, **over
         # the tiny model's ops are too small to gain from threads; two OpenMP threads on a busy
         # 2-core machine made training 10-20x slower
         torch.set_num_threads(1)
-    if quick:
-        _quiet_open_clip_logs()
     import matplotlib
 
     from .plots import BOOK_STYLE
@@ -178,19 +175,6 @@ def check_close(name: str, a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5,
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
     diff = (a - b).abs().max().item() if a.numel() else 0.0
     print(f"{name}: equal (max abs difference {diff:.1e})  ok")
-
-
-class _DropOpenClipWarnings(logging.Filter):
-    """Drops open_clip's root-logger warnings about the random-init tiny model (quick mode only)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not ("open_clip" in record.pathname and record.levelno <= logging.WARNING)
-
-
-def _quiet_open_clip_logs() -> None:
-    root = logging.getLogger()
-    if not any(isinstance(f, _DropOpenClipWarnings) for f in root.filters):
-        root.addFilter(_DropOpenClipWarnings())
 
 
 def _dataframe_html(df) -> str:

@@ -77,22 +77,20 @@ def _bad_checkpoint(path, kind, good):
 
 
 # ----------------------------------------------------------------- the error matrix
+def _train_set(value):
+    """argv builder: train on the seen set with one ``--set`` value."""
+    return lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", *TRAIN, "--set", value]
+
+
 # (case id, argv builder(tmp, data, ckpt), text the first error line must contain)
 CASES = [
-    ("set unknown key", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", *TRAIN,
-                                         "--set", "topk=2"], "unknown config key 'topk'"),
-    ("set int given text", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", *TRAIN,
-                                            "--set", "top_k=two"], "top_k takes an integer (like 4), not 'two'"),
-    ("set int given float", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", *TRAIN,
-                                             "--set", "top_k=2.5"], "--set 'top_k=2.5'"),
-    ("set out of range", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", *TRAIN,
-                                          "--set", "top_k=99"], "top_k=99 must lie in [1, n_experts"),
-    ("set lr nan", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", *TRAIN,
-                                    "--set", "lr=NaN"], "lr takes a finite number"),
-    ("set layers unordered", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", *TRAIN,
-                                              "--set", "layers=[6,3]"], "must be strictly increasing"),
-    ("set without =", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", *TRAIN,
-                                       "--set", "top_k"], "write it as key=value"),
+    ("set unknown key", _train_set("topk=2"), "unknown config key 'topk'"),
+    ("set int given text", _train_set("top_k=two"), "top_k takes an integer (like 4), not 'two'"),
+    ("set int given float", _train_set("top_k=2.5"), "--set 'top_k=2.5'"),
+    ("set out of range", _train_set("top_k=99"), "top_k=99 must lie in [1, n_experts"),
+    ("set lr nan", _train_set("lr=NaN"), "lr takes a finite number"),
+    ("set layers unordered", _train_set("layers=[6,3]"), "must be strictly increasing"),
+    ("set without =", _train_set("top_k"), "write it as key=value"),
     ("epochs 0", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "o", "--preset", "tiny",
                                   "--epochs", "0"], "epochs=0 must be >= 1"),
     ("train out is a file", lambda t, d, c: ["train", "--data", d / "seen", "--out", t / "f.txt", *TRAIN],

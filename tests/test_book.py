@@ -80,16 +80,6 @@ def test_show_table_keeps_title_with_table_and_nan_as_dash():
     assert "<td>-</td>" in out and "NaN" not in out and "nan" not in out
 
 
-def test_open_clip_warnings_are_dropped_in_quick_mode_only_from_open_clip():
-    import logging
-
-    f = book._DropOpenClipWarnings()
-    rec = logging.LogRecord("root", logging.WARNING, "/x/open_clip/factory.py", 1, "No pretrained", None, None)
-    mine = logging.LogRecord("root", logging.WARNING, "/x/promptmoe/train.py", 1, "real", None, None)
-    bad = logging.LogRecord("root", logging.ERROR, "/x/open_clip/factory.py", 1, "broken", None, None)
-    assert (f.filter(rec), f.filter(mine), f.filter(bad)) == (False, True, True)
-
-
 def test_dataframes_in_a_notebook_show_nan_as_dash():
     import numpy as np
     import pandas as pd
