@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+PRESETS = ("paper", "small", "micro", "tiny")  # as promptmoe.config.PRESETS (not imported: --help stays fast)
 EXAMPLES = __doc__.split("A full offline round trip (quick mode)::")[1]
 
 
@@ -180,8 +181,10 @@ def cmd_train(args) -> int:
     last = result.log.iloc[-1]
     print(f"trained {config.preset} preset on {label}: {config.epochs} epochs, final loss "
           f"{last['total']:.4f}; checkpoint {result.checkpoint}")
-    if config.preset == "tiny":
-        print("note: the tiny preset is a random CLIP; its numbers are plumbing, not results.")
+    if config.preset in ("tiny", "micro"):
+        from .runtime import preset_note
+
+        print(f"note: the {config.preset} preset is a {preset_note(config.preset)}.")
     return 0
 
 
@@ -303,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--categories", nargs="*", default=None, help="only these categories")
     t.add_argument("--split", default="test", help="split to train on (the paper uses test)")
     t.add_argument("--out", required=True, help="output folder for checkpoint and log")
-    t.add_argument("--preset", choices=("paper", "small", "tiny"), default=None)
+    t.add_argument("--preset", choices=PRESETS, default=None)
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -349,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "at each image's original size.")
     r.add_argument("input", nargs="+", help="image files, folders of images, or glob patterns")
     r.add_argument("--checkpoint", default=None, help="trained checkpoint (else untrained prompts)")
-    r.add_argument("--preset", choices=("paper", "small", "tiny"), default=None,
+    r.add_argument("--preset", choices=PRESETS, default=None,
                    help="preset when no checkpoint is given")
     r.add_argument("--threshold", type=float, default=0.5,
                    help="label an image anomalous when its score is above this (in [0, 1])")
@@ -362,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mask_options(r)
     _speed_flags(r)
     r.set_defaults(func=cmd_predict)
+    from .microclip.command import add_parser as add_pretrain_micro
+
+    add_pretrain_micro(sub)
     return p
 
 
