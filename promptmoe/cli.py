@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -118,7 +119,8 @@ def _check_fraction(value: float, what: str) -> float:
 
 
 def _mask_options(args) -> dict:
-    """--mask-threshold / --mask-dir / --mask-suffix as load_dataset / score_images keywords."""
+    """--mask-threshold / --mask-dir / --mask-suffix (and, train and eval, --normal-dir /
+    --abnormal-dir) as load_dataset / score_images keywords."""
     out = {}
     if getattr(args, "mask_threshold", None) is not None:
         t = args.mask_threshold
@@ -131,6 +133,12 @@ def _mask_options(args) -> dict:
         out["mask_dir"] = Path(args.mask_dir).expanduser()
     if getattr(args, "mask_suffix", None) is not None:
         out["mask_suffix"] = args.mask_suffix
+    for key in ("normal_dirs", "abnormal_dirs"):  # train and eval only
+        if getattr(args, key, None):
+            from .data.folder import parse_dir_names
+
+            parse_dir_names(getattr(args, key), f"--{key[:-1].replace('_', '-')}")  # a path on disk: exit 2
+            out[key] = getattr(args, key)
     return out
 
 
@@ -190,7 +198,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .checkpoint import load_model, read_checkpoint
-    from .data import load_dataset, validate_data_specs
+    from .data import FOLDER_ONLY_OPTIONS, load_dataset, require_labels, validate_data_specs
     from . import distributed
     from .evaluate import evaluate
 
@@ -202,9 +210,11 @@ def cmd_eval(args) -> int:
         raise UsageError(f"{out} holds an earlier report ({', '.join(earlier)}): pass --overwrite "
                          "to replace it, or choose another --out")
     options = _mask_options(args)
-    folder_only = {k: v for k, v in options.items() if k in ("mask_dir", "mask_suffix")}
+    folder_only = {k: v for k, v in options.items() if k in FOLDER_ONLY_OPTIONS}
     if folder_only and not any(s.format == "folder" for s in specs):
-        raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in folder_only)} only apply "
+        flags = [{"normal_dirs": "--normal-dir", "abnormal_dirs": "--abnormal-dir"}.get(k, "--" + k.replace("_", "-"))
+                 for k in folder_only]
+        raise UsageError(f"{', '.join(flags)} only apply "
                          "to folder-format data (e.g. --data mine=folder:DIR)")
     config, _, _ = read_checkpoint(args.checkpoint)
     _check_out(args.out)
@@ -213,6 +223,7 @@ def cmd_eval(args) -> int:
         kw = options if spec.format == "folder" else {k: v for k, v in options.items() if k not in folder_only}
         datasets[spec.label] = load_dataset(spec.format, spec.root, image_size=config.image_size,
                                             label=spec.label, **kw)
+        require_labels(datasets[spec.label], "evaluation")
     device = args.device or (distributed.local_device() if distributed.info() else None)
     model, meta = load_model(args.checkpoint, device=device)
     if args.precision:
@@ -240,7 +251,8 @@ def cmd_predict(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     options = _mask_options(args)
-    collect_inputs(args.input)  # names the input that does not exist or holds no image
+    # names the input that does not exist or holds no image (masks by the same rule as scoring)
+    collect_inputs(args.input, **{k: v for k, v in options.items() if k in ("mask_dir", "mask_suffix")})
     _check_out(args.out)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, device=args.device)
@@ -269,6 +281,17 @@ def _add_mask_options(p, folder: bool = True) -> None:
         p.add_argument("--mask-suffix", dest="mask_suffix", default=None,
                        help="folder format: suffix of masks beside their images (default _mask, "
                        "i.e. <stem>_mask.png)")
+
+
+def _add_label_options(p) -> None:
+    """--normal-dir / --abnormal-dir (train, eval): which folders of the folder format are which."""
+    p.add_argument("--normal-dir", dest="normal_dirs", action="append", default=None, metavar="NAME",
+                   help="folder format: a folder of normal images, by name at any depth, case ignored "
+                   "(repeatable; replaces the default good, normal, ok); every other folder is "
+                   "anomalous, e.g. --normal-dir MT_Free (eval: for every folder-format --data set)")
+    p.add_argument("--abnormal-dir", dest="abnormal_dirs", action="append", default=None,
+                   metavar="NAME", help="folder format: a folder of defective images (repeatable); "
+                   "once given, folders named by neither flag are left out, with a warning")
 
 
 def _speed_flags(p: argparse.ArgumentParser) -> None:
@@ -327,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
     _add_mask_options(t)
+    _add_label_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot evaluation on one or more datasets",
@@ -344,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
     _add_mask_options(e)
+    _add_label_options(e)
     _speed_flags(e)
     e.set_defaults(func=cmd_eval)
 
@@ -378,6 +403,19 @@ def _print_error(command: str, err: BaseException) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
+def _one_line_warnings(command: str):
+    """warnings.formatwarning that prints the package's own warnings as one line each
+    (``promptmoe eval: warning: ...``) instead of file:line plus a source line; others as before."""
+    default, package = warnings.formatwarning, str(Path(__file__).resolve().parent) + os.sep
+
+    def fmt(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"promptmoe {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return fmt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
@@ -385,7 +423,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from . import distributed
 
+    saved_format = warnings.formatwarning
     try:
+        warnings.formatwarning = _one_line_warnings(args.command)
         distributed.setup()  # joins the process group under torchrun (--nproc_per_node > 1)
         return args.func(args)
     except (DatasetError, CheckpointError, ValueError, OSError) as err:
@@ -397,6 +437,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _print_error(args.command, err)
         return 1
     finally:
+        warnings.formatwarning = saved_format
         distributed.cleanup()
 
 
