@@ -25,6 +25,7 @@ from .pretrain import PretrainConfig
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "promptmoe-micro.safetensors"
 MANIFEST_FILE = WEIGHTS_DIR / "promptmoe-micro.json"
+LOG_FILE = WEIGHTS_DIR / "promptmoe-micro-log.csv"  # the run's log.csv, shipped for chapter 10
 FORMAT = "promptmoe-micro-v1"
 
 
@@ -36,7 +37,8 @@ def used_token_ids(config: PretrainConfig) -> torch.Tensor:
 
 def export_weights(checkpoint, weights_file=WEIGHTS_FILE, manifest: Optional[Dict] = None) -> Path:
     """Write the CLIP of a pretraining checkpoint as fp16 safetensors (unused token rows zeroed)
-    and, beside it, ``<name>.json`` = ``manifest`` + the run's config, steps, samples, sha256."""
+    and, beside it, ``<name>.json`` = ``manifest`` + the run's config, steps, samples, sha256,
+    and ``<name>-log.csv``, the run's log (when the checkpoint's folder has one)."""
     blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = PretrainConfig(**blob["config"])
     state = {k: v.detach().clone() for k, v in blob["model"].items()}
@@ -53,6 +55,11 @@ def export_weights(checkpoint, weights_file=WEIGHTS_FILE, manifest: Optional[Dic
             "sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest()}
     text = json.dumps(info, indent=1, sort_keys=True)
     atomic_write(weights_file.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+    log = Path(checkpoint).parent / "log.csv"
+    if log.exists():  # the loss curve of the shipped run, beside its weights
+        rows = log.read_text()
+        atomic_write(weights_file.with_name(weights_file.stem + "-log.csv"),
+                     lambda tmp: Path(tmp).write_text(rows))
     return weights_file
 
 

@@ -50,7 +50,7 @@ class PretrainConfig:
     lr: float = 2e-3  # AdamW learning rate after warm-up
     warmup_steps: int = 100  # linear warm-up, then cosine decay to 0 at the last step
     weight_decay: float = 0.05  # on weight matrices only (not norms, biases, embeddings)
-    windows: Tuple[int, ...] = (3, 4, 4, 5, 6, 8)  # window sides (patches) drawn per step
+    windows: Tuple[int, ...] = (2, 3, 4, 4, 5, 6, 8)  # window sides (patches) drawn per step
     bank_size: int = 160  # crops per category
     categories: Tuple[str, ...] = PRETRAIN_CATEGORIES  # never a held-out picture (tested)
     seed: int = 0  # seeds the initial weights, the banks and every draw
