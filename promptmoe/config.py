@@ -105,7 +105,7 @@ class PromptMoEConfig:
     def micro(cls, **overrides) -> "PromptMoEConfig":
         """The micro CLIP pretrained on synthetic region twins (shipped, offline), 64 px."""
         base = dict(preset="micro", clip_model="promptmoe-micro", pretrained=MICRO_WEIGHTS,
-                    image_size=64, layers=(1, 2, 3, 4), n_heads=4, router_hidden=64, epochs=4,
+                    image_size=64, layers=(1, 2, 3, 4), vv_start=2, n_heads=4, router_hidden=64, epochs=4,
                     warmup_epochs=1, batch_size=8, sigma=1.0)
         return cls(**{**base, **overrides})
 

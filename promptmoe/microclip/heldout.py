@@ -18,22 +18,32 @@ from PIL import Image
 from ..data import synthetic
 from ..data._defects import DEFECT_TYPES, make_defect
 from ..data.base import CLIP_MEAN, CLIP_STD, resize_mask
-from .banks import RESERVED_PICTURES, _skimage, random_crops
+from .banks import PRETRAIN_SOURCES, RESERVED_PICTURES, _skimage, base_picture, random_crops
 
 HELD_OUT_CATEGORIES = tuple(synthetic.UNSEEN_CATEGORIES) + RESERVED_PICTURES
+# pretraining categories used to choose the micro preset's blocks and V-V start (never the held-out
+# ones: choosing on them would tune to the test), and to measure the seen vs held-out gap
+VALIDATION_CATEGORIES = ("astronaut", "brick", "cell", "grass", "page", "flower", "marble",
+                         "tiles", "nut", "pcb", "woven")
 _TEXTURES = ("moon",)  # reserved pictures cropped like textures (quarter turns)
 
 
 def _normal(category: str, rng: np.random.Generator, size: int) -> np.ndarray:
     if category in synthetic.UNSEEN_CATEGORIES:
         return synthetic.make_normal(category, rng, size)
+    if category in PRETRAIN_SOURCES:  # a *seen* category: validation, and the seen/held-out gap
+        return random_crops(base_picture(category), 1, rng, size=size,
+                            texture=PRETRAIN_SOURCES[category][2], scale=(0.5, 0.9))[0]
     return random_crops(_skimage(category), 1, rng, size=size, texture=category in _TEXTURES,
                         scale=(0.5, 0.9))[0]
 
 
 def held_out_set(seed: int = 0, n_per_category: int = 24, size: int = 64,
                  categories: Sequence[str] = HELD_OUT_CATEGORIES) -> Dict[str, object]:
-    """Images of categories pretraining never saw, half of them defective.
+    """Images of categories pretraining never saw (by default), half of them defective.
+
+    ``categories`` may also name pretraining categories (:data:`VALIDATION_CATEGORIES`): the same
+    construction on pictures pretraining did see, with the book's defects, which it did not.
 
     Returns:
         ``pixels`` (N, 3, size, size) float in [0, 1], ``images`` the same CLIP-normalised,
