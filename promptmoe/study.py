@@ -81,7 +81,8 @@ class Row:
 
 def slug(text: str) -> str:
     """A folder name for a protocol: ``"mvtec -> visa"`` -> ``mvtec-to-visa``."""
-    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", text.replace("->", "-to-")).strip("_-") or "protocol"
+    text = re.sub(r"\s*->\s*", "-to-", text.strip())
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_-") or "protocol"
 
 
 class Study:
@@ -159,9 +160,10 @@ class Study:
     def run(self, plan=None, check: bool = True) -> Dict[Tuple[str, int], pd.DataFrame]:
         """Train and evaluate every row not finished yet; ``{(protocol, table): DataFrame}``.
 
-        ``plan``: the study's :meth:`plan` if already made; ``check``: raise
-        :class:`StudyError` when its caches and runs cannot fit (then nothing is written)."""
-        plan = plan or self.plan()
+        ``plan``: the study's :meth:`plan` if already made (else one without FLOP counts);
+        ``check``: raise :class:`StudyError` when its caches and runs cannot fit (then nothing
+        is written)."""
+        plan = plan or self.plan(count=False)
         if check:
             plan.check()
         for folder in plan.stale:  # bounded disk: caches of other settings or of older runs go
@@ -178,7 +180,8 @@ class Study:
         for what, name, config, these in bar:
             bar.set_postfix_str(f"{what} {name}: {self.run_dir(name, config).name}")
             if what == "train":
-                self.train(name, config)
+                if not self._trained(name, config):
+                    self.train(name, config)
                 continue
             metrics = self.metrics(name, config)
             for r in these:
@@ -215,12 +218,16 @@ class Study:
         if self.features is None:  # a model asked for outside run()
             self._shared(self.plan(count=False).where)
         p, run_dir = self.protocols[protocol], self.run_dir(protocol, config)
-        ckpt = run_dir / CHECKPOINT_NAME
-        trained = ckpt.exists() and int(read_checkpoint(ckpt)[2].get("epoch", 0)) >= config.epochs
-        return train(config, p.train, run_dir, resume=ckpt.exists(), device=self.device,
-                     cache_features="none" if trained else self.features.view(p.train, config),
+        return train(config, p.train, run_dir, resume=(run_dir / CHECKPOINT_NAME).exists(),
+                     device=self.device, cache_features="none" if self._trained(protocol, config)
+                     else self.features.view(p.train, config),
                      model=self.features.model(config), progress=self.detail,
                      train_data=getattr(p.train, "name", ""), num_workers=self.num_workers).model
+
+    def _trained(self, protocol: str, config: PromptMoEConfig) -> bool:
+        """Whether the model's checkpoint holds all its epochs (then train() only loads it)."""
+        ckpt = self.run_dir(protocol, config) / CHECKPOINT_NAME
+        return ckpt.exists() and int(read_checkpoint(ckpt)[2].get("epoch", 0)) >= config.epochs
 
     def metrics(self, protocol: str, config: PromptMoEConfig) -> Dict[str, Dict[str, float]]:
         """``{eval label: {metric: fraction}}`` of one model, trained (if needed) and evaluated

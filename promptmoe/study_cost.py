@@ -82,11 +82,12 @@ class TextTowerTally:
         return F.pad(first, (0, self.out_dim - first.shape[1]))  # (N, D)
 
 
-def model_flops(configs: Sequence[PromptMoEConfig]) -> Dict[str, Dict[str, float]]:
+def model_flops(configs: Sequence[PromptMoEConfig], group: bool = True) -> Dict[str, Dict[str, float]]:
     """Per-image FLOPs of each config (keyed by ``ablation.config_hash``), at its batch size:
     ``enc`` the frozen pass, ``step`` a training step from cached features (forward, loss and
     backward), ``eval`` an inference forward from them (the step's forward; the Gaussian blur of
-    inference, < 0.2%, is left out)."""
+    inference, < 0.2%, is left out). ``group=False`` counts every config, even those of one
+    :func:`cost_key`."""
     from .ablation import config_hash
     from .backbone import FrozenCLIP, ImageFeatures
     from .losses import total_loss
@@ -103,7 +104,7 @@ def model_flops(configs: Sequence[PromptMoEConfig]) -> Dict[str, Dict[str, float
     tally = TextTowerTally(holder.backbone)
     counted, out = {}, {}
     for c in configs:
-        key = cost_key(c)
+        key = cost_key(c) if group else config_hash(c)
         if key not in counted:
             model = PromptMoE(c, FrozenCLIP(c, clip=clip)).to("meta").train()
             model.backbone.encode_embeddings = tally  # an instance attribute: this model only

@@ -199,3 +199,30 @@ def evaluate_cached(model: PromptMoE, datasets: Mapping[str, object], views: Map
                       num_workers=0, **kwargs)  # items are cheap: no loader processes
     return {row["dataset"]: {m: float(row[m]) for m in METRIC_COLUMNS}
             for _, row in report.summary.iterrows()}
+
+
+class TowerCounter:
+    """Counts the images that go through the frozen image tower while active::
+
+        with TowerCounter() as tower:
+            study.run()
+        tower.images  # every image of every FrozenCLIP.encode_image call
+
+    It wraps ``FrozenCLIP.encode_image`` (the only way this package runs the tower) for the
+    duration of the ``with`` block; calls on the ``meta`` device (FLOP counting) do not count."""
+
+    def __enter__(self) -> "TowerCounter":
+        self.images = self.calls = 0
+        self._real = FrozenCLIP.encode_image
+
+        def counted(backbone, images):
+            if images.device.type != "meta":  # FLOP counts (study_cost) run on shapes only
+                self.images += int(images.shape[0])
+                self.calls += 1
+            return self._real(backbone, images)
+
+        FrozenCLIP.encode_image = counted
+        return self
+
+    def __exit__(self, *exc) -> None:
+        FrozenCLIP.encode_image = self._real

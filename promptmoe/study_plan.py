@@ -99,6 +99,9 @@ class StudyPlan:
             if self.reclaim_gb:
                 line += f", and {self.reclaim_gb:.2f} GB of other caches there will be deleted"
         lines.append(line)
+        if math.isnan(self.flops["after"]):
+            lines.append("FLOPs: not counted (plan(count=True) counts them)")
+            return "\n".join(lines + ([] if short else self.notes[1:]))
         t = self.projection()
         a100 = t.loc[("A100", "autocast")]
         t4 = t.loc[("T4", "fp32")]
@@ -213,9 +216,11 @@ def make_plan(preset: str, protocols: Mapping[str, Tuple[str, List[str]]], image
                      passes=passes, read_tb=read_tb, reads=read)
 
 
-def paper_study_plan(tables=None, seeds: Sequence[int] = (0,), epochs: Optional[int] = None) -> StudyPlan:
+def paper_study_plan(tables=None, seeds: Sequence[int] = (0,), epochs: Optional[int] = None,
+                     flops: Optional[Dict[str, Dict[str, float]]] = None) -> StudyPlan:
     """The paper's study: Tables 2-6 on the paper preset, trained on MVTec AD and evaluated on
-    VisA, and the reverse (image counts from ``paper.datasets_table()``); caches in float16."""
+    VisA, and the reverse (image counts from ``paper.datasets_table()``); caches in float16 on
+    a GPU. ``flops``: per-model FLOPs if already counted (:func:`model_flops`)."""
     from . import ablation, paper
 
     tables = tuple(tables or ablation.ABLATION_TABLES)
@@ -230,7 +235,7 @@ def paper_study_plan(tables=None, seeds: Sequence[int] = (0,), epochs: Optional[
                 c = base.replace(**ch, **({"seed": s} if s != base.seed else {}))
                 distinct.setdefault(ablation.config_hash(c), c)
     configs = {p: list(distinct.values()) for p in protocols}
-    plan = make_plan("paper", protocols, images, configs)
+    plan = make_plan("paper", protocols, images, configs, flops=flops)
     plan.rows = 2 * len(seeds) * sum(len(ablation.changes_for(t, base)) for t in tables)
     plan.reason = "float16 memory-mapped files: too large for host memory"
     return plan
