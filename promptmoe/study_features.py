@@ -13,6 +13,7 @@ Taught in chapter 7 (:mod:`promptmoe.study` runs the study on top of this).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -85,7 +86,7 @@ class SharedFeatures:
         self.datasets = list(datasets)
         self.group: Optional[str] = None
         self._caches: Dict[str, FeatureCache] = {}
-        self._clip = None
+        self._clip = self._backbone = None
         self.built = []
 
     def _switch(self, config: PromptMoEConfig) -> None:
@@ -95,13 +96,27 @@ class SharedFeatures:
         if config.pretrained is None:  # the random tiny CLIP of build_model, from the same seed
             torch.manual_seed(TINY_CLIP_SEED)
         self._clip = create_clip(config).to(self.device)
+        # checks every block of the group against the tower; its tokenizer serves every model
+        self._backbone = FrozenCLIP(self._holder(config), clip=self._clip)
+
+    def _holder(self, config: PromptMoEConfig) -> PromptMoEConfig:
+        """``config`` with every block its group's models use, the V-V start pinned: the
+        model whose pass fills a cache."""
+        layers = self.group_layers.get(group_of(config)) or tuple(config.layers)
+        return config.replace(layers=tuple(layers), vv_start=config.first_vv_block)
 
     def model(self, config: PromptMoEConfig) -> PromptMoE:
         """A fresh model of ``config`` around the group's frozen CLIP; its prompts come from
         ``config.seed`` exactly as :func:`~promptmoe.model.build_model` makes them."""
         if self.group != group_of(config):
             self._switch(config)
-        backbone = FrozenCLIP(config, clip=self._clip)
+        missing = sorted(set(config.layers) - set(self._backbone.config.layers))
+        if missing:  # a model outside the study's rows: its blocks are not in the caches
+            raise ValueError(f"blocks {missing} are not among the study's {self._backbone.config.layers}")
+        # a shallow copy shares the frozen CLIP and the tokenizer (building one takes ~0.1 s);
+        # encode_image, never called on cached features, would read this model's blocks
+        backbone = copy.copy(self._backbone)
+        backbone.config = config
         torch.manual_seed(config.seed)
         return PromptMoE(config, backbone=backbone).to(self.device)
 
@@ -115,9 +130,7 @@ class SharedFeatures:
         return self._caches[key].select(config.layers)
 
     def _build(self, dataset, config: PromptMoEConfig) -> FeatureCache:
-        layers = self.group_layers.get(self.group) or tuple(config.layers)
-        # every block the group's models use, the V-V path pinned where theirs starts
-        holder = config.replace(layers=tuple(layers), vv_start=config.first_vv_block)
+        holder = self._holder(config)
         folder = cache_folder(self.folder, dataset, self.group) if self.where == "disk" else None
         if folder is not None:  # bounded disk: no other cache of this folder survives
             keep = {cache_folder(self.folder, d, self.group) for d in self.datasets} | {folder}
@@ -137,7 +150,7 @@ class SharedFeatures:
             del cache
             if folder is not None and folder.exists():
                 shutil.rmtree(folder)
-        self._caches, self._clip, self.group = {}, None, None
+        self._caches, self._clip, self._backbone, self.group = {}, None, None, None
 
 
 # ---------------------------------------------------------------------- evaluation from caches

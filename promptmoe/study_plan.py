@@ -23,6 +23,7 @@ Taught in chapter 7. REFERENCE.md section 5.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -77,8 +78,16 @@ class StudyPlan:
                              "shared features h": self.flops["after"] / rate})
         return pd.DataFrame(rows).set_index(["gpu", "precision"])
 
-    def describe(self, short: bool = False) -> str:
-        """The plan in words (``short``: disk, passes and time on one A100, one line each)."""
+    def describe(self, short: bool = False, width: Optional[int] = None) -> str:
+        """The plan in words, a line per point (``short``: without the notes on reading back and
+        on the projection's assumptions; ``width``: wrap the lines to this many characters)."""
+        text = self._describe(short)
+        if width:
+            text = "\n".join(textwrap.fill(line, width, subsequent_indent="  ")
+                             for line in text.splitlines())
+        return text
+
+    def _describe(self, short: bool) -> str:
         n_models = sum(self.models.values())
         caches = ", ".join(f"{d} {gb:.2f} GB" for d, gb in self.cache_gb.items())
         lines = [f"ablation study, {self.preset} preset: {self.rows} table rows, {n_models} models "
