@@ -16,6 +16,12 @@ configuration with the ordinary :func:`~promptmoe.train.train` and
   configuration, and a configuration already in it (same config hash) is skipped.
 
 All metric values in the returned tables are percentages, as the paper prints them.
+
+:func:`run_ablation` runs model by model: every model runs the frozen image tower over its
+training and its evaluation images itself. :class:`promptmoe.study.Study` runs the same rows
+(every table, both protocols, several seeds) from one feature cache per dataset, with the same
+weights (``tests/test_study.py`` compares the two), and is what chapter 7 and ``promptmoe
+ablate`` use.
 """
 from __future__ import annotations
 

@@ -14,6 +14,11 @@ float16). Where it lives:
   fingerprint of the model and data, so a resumed run reuses it instead of recomputing;
 * ``"auto"`` (:func:`choose_cache`): memory when the estimate fits in ``cache_limit_gb`` and in
   half of the free RAM, else disk when it fits in 80% of the free disk space, else no cache.
+
+One cache can serve several models (chapter 7, :mod:`promptmoe.study`): which blocks a model
+compares with the text does not change a block's features, so a cache of every block serves a
+model that keeps some (:meth:`FeatureCache.select`, a :class:`CacheView`), as long as both agree
+on :func:`feature_key` (weights aside). :func:`check_fits` says when they do not.
 """
 from __future__ import annotations
 
@@ -147,7 +152,8 @@ class FeatureCache:
         where: "memory" or "disk"; folder: the disk cache's folder.
     Attributes:
         features: ImageFeatures over the whole dataset (CPU tensors, memory-mapped on disk);
-        masks (N, S, S) uint8; labels (N,); where; reused (a complete disk cache was found).
+        masks (N, S, S) uint8; labels (N,); where; reused (a complete disk cache was found);
+        layers: the blocks held; key: :func:`feature_key` of the model; data: :func:`data_digest`.
     """
 
     def __init__(self, model, dataset, batch_size: int, device, dtype=torch.float32,

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from . import ablation, paper
@@ -104,6 +103,11 @@ class Study:
                  device=None, cache: str = "auto", cache_dir=None, cache_limit_gb: float = 4.0,
                  compat: bool = True, num_workers: Optional[int] = None, progress: bool = True,
                  detail: bool = False, data: str = ""):
+        from . import distributed
+
+        if distributed.info() is not None:
+            raise StudyError("the ablation study runs in one process: start it without torchrun "
+                             "(its models are small once the features are cached)")
         if cache not in ("auto", "memory", "disk"):
             raise StudyError(f"cache={cache!r}: the study shares its features from 'memory' or "
                              "'disk' ('auto' chooses); without a cache every model runs the tower")
@@ -253,9 +257,17 @@ class Study:
         return self.out_dir / "runs" / slug(protocol) / ablation.run_name(changes, config)
 
     def drop_caches(self) -> None:
-        """Delete the study's caches (their folders on disk); a later run computes them again."""
+        """Delete the study's caches (in memory and their folders on disk); a later run
+        computes them again."""
+        from .study_plan import dataset_labels
+        from .study_features import cache_folder
+
         if self.features is not None:
             self.features.drop()
+        groups = {group_of(r.config) for r in self.rows()}
+        for _, ds in dataset_labels(self).values():
+            for g in groups:
+                shutil.rmtree(cache_folder(self.cache_dir, ds, g), ignore_errors=True)
 
     # ------------------------------------------------------------------ bookkeeping
     def _shared(self, where: str) -> None:

@@ -286,7 +286,8 @@ def plan_for_study(study, free_disk: Optional[int] = None, free_ram: Optional[in
     def label(ds):
         return name_of.get(id(ds)) or labels[json.dumps(data_digest(ds), sort_keys=True)][0]
 
-    protocols = {n: (label(p.train), [label(d) for d in p.evals.values()]) for n, p in study.protocols.items()}
+    protocols = {n: (label(p.train), [label(d) for d in p.evals.values()])
+                 for n, p in study.protocols.items()}
     images = {name: len(ds) for name, ds in labels.values()}
     models = study.models()
     configs = {p: list(cs.values()) for p, cs in models.items()}

@@ -164,8 +164,11 @@ def test_disk_holds_one_cache_per_dataset(data, tmp_path):
     first = set(cache_folders(folder))
     assert len(first) == 2  # seen and unseen
     # another precision is another feature group: its caches replace these, never join them
-    _study(data, tmp_path, cache="disk", base=data[0].replace(precision="bf16")).run()
+    other = _study(data, tmp_path, cache="disk", base=data[0].replace(precision="bf16"))
+    other.run()
     assert len(cache_folders(folder)) == 2 and first.isdisjoint(cache_folders(folder))
+    _study(data, tmp_path, cache="disk", base=data[0].replace(precision="bf16")).drop_caches()
+    assert cache_folders(folder) == []  # --drop-cache: a finished study deletes them
 
 
 def test_rows_with_other_features_get_their_own_caches(data, tmp_path):
@@ -201,6 +204,11 @@ def test_refuses_to_start_without_disk(data, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()  # nothing written
     with pytest.raises(StudyError, match="cache=.none."):
         _study(data, tmp_path / "out", cache="none")
+    import promptmoe.distributed as distributed
+
+    monkeypatch.setattr(distributed, "info", lambda: object())  # as under torchrun
+    with pytest.raises(StudyError, match="runs in one process"):
+        _study(data, tmp_path / "out")
 
 
 def test_a_single_model_from_the_shared_features(data, tmp_path):
