@@ -170,12 +170,12 @@ class Study:
         plan = plan or self.plan(count=False)
         if check:
             plan.check()
+        done = self._finished_rows()  # before anything changes: it may refuse a foreign table
         for folder in plan.stale:  # bounded disk: caches of other settings or of older runs go
             shutil.rmtree(folder, ignore_errors=True)
             if self.progress:
                 print(f"deleted the cache {folder}: not one of this study's")
         rows = self.rows()
-        done = self._finished_rows()
         todo = [r for r in rows if self._key(r) not in done]
         if todo and self.features is None:
             self._shared(plan.where)
@@ -296,7 +296,11 @@ class Study:
             if not path.exists():
                 continue
             text = {"protocol": str, "configuration": str, "config_hash": str}  # "1e234567" is text
-            for row in pd.read_csv(path, dtype=text).to_dict("records"):
+            table = pd.read_csv(path, dtype=text)
+            if not {"protocol", "seed", "config_hash"} <= set(table.columns):
+                raise StudyError(f"{path} holds another kind of table (no protocol and seed "
+                                 "columns: ablation.run_ablation's?); move it, or choose another folder")
+            for row in table.to_dict("records"):
                 done[row["protocol"], int(row["table"]), row["configuration"], int(row["seed"]),
                      row["config_hash"]] = row
         return done
@@ -312,7 +316,11 @@ class Study:
         return row
 
     def _write_table(self, table: int, rows: Sequence[Row], done: dict) -> None:
-        keep = [done[self._key(r)] for r in rows if r.table == table and self._key(r) in done]
+        """``table<N>.csv``: this study's rows in order, then any other rows the file held
+        (other seeds, protocols or settings: never dropped)."""
+        mine = [self._key(r) for r in rows if r.table == table]
+        others = [k for k in done if k[1] == table and k not in set(mine)]
+        keep = [done[k] for k in mine if k in done] + [done[k] for k in others]
         cols = ["table", "protocol", "configuration", "seed"]
         df = pd.DataFrame(keep)
         df = df[cols + [c for c in df.columns if c not in cols]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
@@ -47,13 +48,18 @@ def cache_folder(root: Path, dataset, group: str) -> Path:
     return Path(root) / f"{getattr(dataset, 'name', 'data')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
+def is_cache(folder: Path) -> bool:
+    """A folder FeatureCache wrote: its marker or its first arrays are there."""
+    return folder.is_dir() and ((folder / COMPLETE).exists() or (folder / "layer0.bin").exists())
+
+
 def cache_folders(root: Path) -> list:
-    """The cache folders under ``root`` (a complete marker or memory-mapped arrays inside)."""
+    """The study caches directly under ``root``: named ``<name>-<8 hex digits>``
+    (:func:`cache_folder`) and written by FeatureCache. Nothing else there is ever touched."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir()
-                  if p.is_dir() and ((p / COMPLETE).exists() or any(p.glob("*.bin"))))
+    return sorted(p for p in root.iterdir() if re.fullmatch(r".+-[0-9a-f]{8}", p.name) and is_cache(p))
 
 
 def folder_bytes(path: Path) -> int:

@@ -278,7 +278,8 @@ def plan_for_study(study, free_disk: Optional[int] = None, free_ram: Optional[in
 
     from .ablation import METRICS_NAME, config_hash
     from .cache import data_digest
-    from .study_features import cache_dtype, cache_folder, cache_folders, folder_bytes, group_of
+    from .study_features import (cache_dtype, cache_folder, cache_folders, folder_bytes, group_of,
+                                  is_cache)
 
     labels = dataset_labels(study)
     name_of = {id(ds): name for name, ds in labels.values()}
@@ -307,8 +308,11 @@ def plan_for_study(study, free_disk: Optional[int] = None, free_ram: Optional[in
                if first and cache_folder(study.cache_dir, ds, first).exists())
     keep = {cache_folder(study.cache_dir, ds, g) for _, ds in labels.values() for g in groups}
     stale = [f for f in cache_folders(study.cache_dir) if f not in keep]
-    stale += [f for f in Path(study.out_dir).glob("**/feature_cache")  # per-model caches of old runs
-              if f.is_dir() and f.resolve() != Path(study.cache_dir).resolve()]
+    # per-model caches that the model-by-model loop (and chapter 7 before the study) left in
+    # its run folders: out/runs/<run>/feature_cache, out/protocol<N>/runs/<run>/feature_cache
+    for pattern in ("runs/*/feature_cache", "protocol*/runs/*/feature_cache"):
+        stale += [f for f in sorted(Path(study.out_dir).glob(pattern)) if is_cache(f)
+                  and f.resolve() != Path(study.cache_dir).resolve()]
     plan.reclaim_gb = sum(folder_bytes(f) for f in stale) / 1e9
     if stale:
         plan.notes.append(f"{len(stale)} other cache folder(s) will be deleted: "

@@ -95,6 +95,10 @@ def test_one_pass_per_image_for_both_directions(data, tmp_path):
     assert table["paper visa au_pro"].tolist() == 2 * paper_column(6, "visa au_pro")
     assert table["paper image_auroc"].isna().all()  # synthetic data: no paper direction
     assert len(results["unseen -> seen", 3]) == 3
+    # another seed in the same folder adds its rows; the first seed's stay in the CSV
+    _study(data, tmp_path, tables=(6,), both=True, seeds=(1,)).run()
+    seeds = pd.read_csv(tmp_path / "table6.csv")["seed"]
+    assert sorted(seeds.value_counts().items()) == [(0, 14), (1, 14)]
     summary = (tmp_path / "summary.md").read_text()
     assert "## Table 6: unseen -> seen" in summary and "random tiny CLIP" in summary
 
@@ -157,10 +161,15 @@ def test_disk_holds_one_cache_per_dataset(data, tmp_path):
     old_run = tmp_path / "protocol0" / "runs" / "default-1234" / "feature_cache"
     old_run.mkdir(parents=True)  # a per-model cache of the model-by-model loop
     (old_run / "layer0.bin").write_bytes(b"\0" * 10)
+    foreign = [folder / "photos", folder / "notes-0123abcd", tmp_path / "mvtec" / "feature_cache"]
+    for f in foreign:  # not the study's: a reader's files, a `promptmoe train` run's cache
+        f.mkdir(parents=True)
+        (f / ("layer0.bin" if f.name == "feature_cache" else "x.bin")).write_bytes(b"\0")
     study = _study(data, tmp_path, cache="disk")
     assert set(study.plan(count=False).stale) == {stale, old_run}
     study.run()
     assert not stale.exists() and not old_run.exists()
+    assert all(f.exists() for f in foreign)
     first = set(cache_folders(folder))
     assert len(first) == 2  # seen and unseen
     # another precision is another feature group: its caches replace these, never join them
@@ -224,3 +233,12 @@ def test_a_single_model_from_the_shared_features(data, tmp_path):
     with TowerCounter() as tower:
         assert fresh.metrics("seen -> unseen", base.replace(seed=1)) == m
     assert tower.images == 0 and n > 0
+
+
+def test_a_table_of_another_kind_is_never_overwritten(data, tmp_path):
+    base, seen, unseen = data
+    ablation.run_ablation(3, base, seen, {"unseen": unseen}, tmp_path, compat=False)
+    before = (tmp_path / "table3.csv").read_text()
+    with pytest.raises(StudyError, match="table3.csv holds another kind of table"):
+        _study(data, tmp_path).run()
+    assert (tmp_path / "table3.csv").read_text() == before
