@@ -252,7 +252,8 @@ class FeatureCache:
     def batch(self, idx: torch.Tensor, device):
         """Features (float32), masks (float) and labels of the images ``idx``, on ``device``."""
         idx = torch.as_tensor(idx)
-        return self.features_at(idx, device), self.masks[idx].to(device).float(), self.labels[idx].to(device)
+        masks, labels = self.masks[idx].to(device).float(), self.labels[idx].to(device)
+        return self.features_at(idx, device), masks, labels
 
     def features_at(self, idx: torch.Tensor, device) -> ImageFeatures:
         """Features of the images ``idx`` as float32 on ``device`` (each tensor (B, ...))."""
