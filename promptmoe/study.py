@@ -333,8 +333,10 @@ def write_summary(study: Study, results: Mapping[Tuple[str, int], pd.DataFrame])
     run's (percent; the paper's PRO beside ``pro_compat``, its protocol, and ``au_pro``)."""
     from .paper import PRO_NOTE
 
-    label = study.base.preset + (" (random tiny CLIP: plumbing, not results)"
-                                 if study.base.preset == "tiny" else "")
+    from .runtime import preset_note
+
+    note = preset_note(study.base.preset)
+    label = study.base.preset + (f" ({note})" if note else "")
     parts = [f"# Ablation study: the paper's Tables {', '.join(map(str, study.tables))}, beside this run",
              "", f"Preset: {label}. Shao et al., AAAI 2026, Tables 2-6. {PRO_NOTE}", ""]
     for (name, t), df in results.items():

@@ -22,6 +22,8 @@ HELP = "run the paper's ablation tables (2-6) from one feature cache per dataset
 
 def add_parser(sub, speed_flags) -> argparse.ArgumentParser:
     """The ``ablate`` subcommand on ``sub`` (``speed_flags`` adds --workers and --precision)."""
+    from .cli import PRESETS
+
     a = sub.add_parser("ablate", help=HELP, description=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--table", nargs="+", type=int, default=list(ABLATION_TABLES),
@@ -36,7 +38,7 @@ def add_parser(sub, speed_flags) -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="folder of the tables, runs and summary")
     a.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="one row per seed and configuration (default: the preset's seed)")
-    a.add_argument("--preset", choices=("paper", "small", "tiny"), default=None)
+    a.add_argument("--preset", choices=PRESETS, default=None)
     a.add_argument("--epochs", type=int, default=None)
     a.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     a.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -63,6 +65,7 @@ def add_parser(sub, speed_flags) -> argparse.ArgumentParser:
 def cmd_ablate(args) -> int:
     from .cli import UsageError, _check_out, _config, _overrides, _preset
     from .data import load_dataset, validate_data_specs
+    from .runtime import preset_note
     from .study import Protocol, Study
 
     # every argument is checked before a dataset is read or a model built
@@ -100,6 +103,6 @@ def cmd_ablate(args) -> int:
         study.drop_caches()
     tables = " ".join(str(out / f"table{t}.csv") for t in args.table)
     print(f"tables: {tables}\nsummary (the paper's numbers beside this run's): {Path(out) / 'summary.md'}")
-    if base.preset == "tiny":
-        print("note: the tiny preset is a random CLIP; its numbers are plumbing, not results.")
+    if preset_note(base.preset):
+        print(f"note: the {base.preset} preset is a {preset_note(base.preset)}.")
     return 0

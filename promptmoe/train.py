@@ -35,6 +35,7 @@ from .cache import CACHE_MODES, FeatureCache, check_fits, choose_cache  # noqa: 
 from .checkpoint import (RESUMABLE_CHANGES, CheckpointError, atomic_write, config_differences,
                          load_into, load_optimizer, read_checkpoint, save_checkpoint)
 from .config import PromptMoEConfig
+from .data import require_labels
 from . import distributed
 from .loading import ChunkBatchSampler, OrderSampler, make_loader
 from .losses import total_loss
@@ -215,6 +216,7 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
     _check_masks(dataset)
+    require_labels(dataset, "training")  # an image directly in a folder root has no label (-1)
     model = (model or build_model(config, device=device)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)

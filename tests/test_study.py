@@ -100,7 +100,7 @@ def test_one_pass_per_image_for_both_directions(data, tmp_path):
     seeds = pd.read_csv(tmp_path / "table6.csv")["seed"]
     assert sorted(seeds.value_counts().items()) == [(0, 14), (1, 14)]
     summary = (tmp_path / "summary.md").read_text()
-    assert "## Table 6: unseen -> seen" in summary and "random tiny CLIP" in summary
+    assert "## Table 6: unseen -> seen" in summary and "random CLIP, quick mode" in summary
 
 
 def paper_column(table, column):
