@@ -16,6 +16,12 @@ configuration with the ordinary :func:`~promptmoe.train.train` and
   configuration, and a configuration already in it (same config hash) is skipped.
 
 All metric values in the returned tables are percentages, as the paper prints them.
+
+:func:`run_ablation` runs model by model: every model runs the frozen image tower over its
+training and its evaluation images itself. :class:`promptmoe.study.Study` runs the same rows
+(every table, both protocols, several seeds) from one feature cache per dataset, with the same
+weights (``tests/test_study.py`` compares the two), and is what chapter 7 and ``promptmoe
+ablate`` use.
 """
 from __future__ import annotations
 
@@ -112,7 +118,11 @@ def train_and_evaluate(config: PromptMoEConfig, train_ds, eval_datasets: Mapping
     return metrics
 
 
-def _row(table, name, changes, config, metrics: Mapping[str, Mapping[str, float]], data, wide):
+def table_row(table, name, changes, config, metrics: Mapping[str, Mapping[str, float]], data,
+              wide=None) -> dict:
+    """One row of a results table: the changes, this run's metrics (percent, the mean over the
+    evaluation sets, and each set's own with several) and, from ``wide``
+    (``paper.ablation(table, wide=True)``), the paper's four numbers for this configuration."""
     row = {"table": table, "configuration": name, "changes": json.dumps(changes, sort_keys=True),
            "preset": config.preset, "data": data}
     for m in METRIC_COLUMNS:  # mean over the evaluation datasets, in percent
@@ -121,7 +131,8 @@ def _row(table, name, changes, config, metrics: Mapping[str, Mapping[str, float]
     if len(metrics) > 1:
         for d, values in metrics.items():
             row.update({f"{d} {m}": 100.0 * values[m] for m in METRIC_COLUMNS})
-    row.update({col: float(wide.loc[name, col[len("paper "):]]) for col in PAPER_COLUMNS})
+    if wide is not None:
+        row.update({col: float(wide.loc[name, col[len("paper "):]]) for col in PAPER_COLUMNS})
     row["config_hash"] = config_hash(config)
     return row
 
@@ -162,7 +173,7 @@ def run_ablation(table: int, base: PromptMoEConfig, train_ds, eval_datasets: Map
             run_dir = out_dir / "runs" / run_name(changes, config)
             metrics = train_and_evaluate(config, train_ds, eval_datasets, run_dir, progress,
                                          compat, {"preset": config.preset, "data": data})
-            rows[name] = _row(table, name, changes, config, metrics, data, wide)
+            rows[name] = table_row(table, name, changes, config, metrics, data, wide)
         done = pd.DataFrame(list(rows.values()))
         atomic_write(csv_path, lambda tmp, df=done: df.to_csv(tmp, index=False))
     return pd.DataFrame(list(rows.values()))

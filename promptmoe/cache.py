@@ -14,6 +14,11 @@ float16). Where it lives:
   fingerprint of the model and data, so a resumed run reuses it instead of recomputing;
 * ``"auto"`` (:func:`choose_cache`): memory when the estimate fits in ``cache_limit_gb`` and in
   half of the free RAM, else disk when it fits in 80% of the free disk space, else no cache.
+
+One cache can serve several models (chapter 7, :mod:`promptmoe.study`): which blocks a model
+compares with the text does not change a block's features, so a cache of every block serves a
+model that keeps some (:meth:`FeatureCache.select`, a :class:`CacheView`), as long as both agree
+on :func:`feature_key` (weights aside). :func:`check_fits` says when they do not.
 """
 from __future__ import annotations
 
@@ -87,14 +92,53 @@ def choose_cache(estimate_gb: float, cache_limit_gb: float, folder: Path,
 
 
 def fingerprint(model, dataset, dtype: torch.dtype) -> dict:
-    """What the cached values depend on: backbone, input size, layers, data, dtype."""
+    """What the cached values depend on: the feature fields of the config (:func:`feature_key`),
+    the blocks kept, the backbone's weights, the data (images, masks, labels) and the dtype."""
     cfg = model.config
-    paths = [r.image_path for r in getattr(dataset, "records", [])]
-    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
-    return {"clip_model": cfg.clip_model, "pretrained": cfg.pretrained, "image_size": cfg.image_size,
-            "layers": list(cfg.layers), "vv_attention": cfg.vv_attention,
-            "first_vv_block": cfg.first_vv_block, "precision": cfg.precision, "n": len(dataset),
-            "paths_sha256": digest, "dtype": str(dtype)}
+    return {**feature_key(cfg), "layers": list(cfg.layers),
+            "weights": weights_digest(model.backbone.clip.visual), **data_digest(dataset),
+            "dtype": str(dtype)}
+
+
+# Config fields that change a block's image features (D1, D9); which blocks are *kept* is not
+# among them: a cache of blocks (1, 2, 3, 4) serves a model that compares (2, 4) with the text.
+FEATURE_FIELDS = ("clip_model", "pretrained", "image_size", "vv_attention", "global_ln_post",
+                  "pos_embed_resize", "precision")
+
+
+def feature_key(config: PromptMoEConfig) -> dict:
+    """The fields two configs must share for one cache to serve both (besides the weights).
+
+    The V-V path's start is one of them, as the block it starts at (``first_vv_block``), not as
+    ``vv_start``: ``vv_start=None`` means ``min(layers)``, so a model keeping only block 4 would
+    otherwise start the path at block 4 and see other features from blocks 1-4 (chapter 7)."""
+    key = {f: getattr(config, f) for f in FEATURE_FIELDS}
+    key["first_vv_block"] = config.first_vv_block if config.vv_attention else None
+    return key
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """16 hex digits that change with the weights of ``module`` (name, shape, dtype, the first and
+    last 64 values and the sum of every tensor): cheap even for ViT-L, and enough to tell a
+    fine-tuned or re-seeded tower from the one a cache was made with."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if flat.numel() and flat.device.type != "meta":
+            ends = torch.cat([flat[:64], flat[-64:]]).float().cpu().numpy()
+            h.update(ends.tobytes())
+            h.update(f"{float(flat.float().sum(dtype=torch.float64)):.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def data_digest(dataset) -> dict:
+    """The data a cache holds: image and mask paths, labels, image size and mask rule."""
+    records = getattr(dataset, "records", [])
+    text = "\n".join(f"{r.image_path}|{r.mask_path or ''}|{r.gt_label}" for r in records)
+    return {"n": len(dataset), "paths_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "data_image_size": getattr(dataset, "image_size", None),
+            "mask_threshold": getattr(dataset, "mask_threshold", None)}
 
 
 class FeatureCache:
@@ -108,7 +152,8 @@ class FeatureCache:
         where: "memory" or "disk"; folder: the disk cache's folder.
     Attributes:
         features: ImageFeatures over the whole dataset (CPU tensors, memory-mapped on disk);
-        masks (N, S, S) uint8; labels (N,); where; reused (a complete disk cache was found).
+        masks (N, S, S) uint8; labels (N,); where; reused (a complete disk cache was found);
+        layers: the blocks held; key: :func:`feature_key` of the model; data: :func:`data_digest`.
     """
 
     def __init__(self, model, dataset, batch_size: int, device, dtype=torch.float32,
@@ -163,6 +208,8 @@ class FeatureCache:
             distributed.barrier()
         self.features = ImageFeatures([arrays[f"layer{i}"] for i in range(L)], arrays["global"], (h, w))
         self.masks, self.labels = arrays["masks"], arrays["labels"]
+        self.layers, self.key = tuple(model.config.layers), feature_key(model.config)
+        self.data = {k: print_[k] for k in data_digest(dataset)}  # which images it holds
 
     def _open(self, name, shape, dtype, mode):
         np_dtype = {torch.float32: np.float32, torch.float16: np.float16,
@@ -205,10 +252,65 @@ class FeatureCache:
     def batch(self, idx: torch.Tensor, device):
         """Features (float32), masks (float) and labels of the images ``idx``, on ``device``."""
         idx = torch.as_tensor(idx)
+        masks, labels = self.masks[idx].to(device).float(), self.labels[idx].to(device)
+        return self.features_at(idx, device), masks, labels
+
+    def features_at(self, idx: torch.Tensor, device) -> ImageFeatures:
+        """Features of the images ``idx`` as float32 on ``device`` (each tensor (B, ...))."""
+        idx = torch.as_tensor(idx)
         pin = torch.device(device).type == "cuda"
         feats = self.features[idx]  # a copy in host memory (read from disk when memory-mapped)
         if pin:  # page-locked host memory lets the copy to the GPU run asynchronously
             feats = ImageFeatures([t.pin_memory() for t in feats.layer_tokens],
                                   feats.global_feature.pin_memory(), feats.grid)
-        feats = feats.to(device=device, dtype=torch.float32, non_blocking=pin)
-        return feats, self.masks[idx].to(device).float(), self.labels[idx].to(device)
+        return feats.to(device=device, dtype=torch.float32, non_blocking=pin)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, layers) -> "CacheView":
+        """The same cache seen by a model that keeps only ``layers`` (a subset of :attr:`layers`)."""
+        return CacheView(self, layers)
+
+
+class CacheView:
+    """Some blocks of a :class:`FeatureCache`, read without a copy: what a model that compares
+    fewer blocks with the text (Table 4) trains and is evaluated on. Same interface as the cache
+    (``features``, ``masks``, ``labels``, ``batch``, ``features_at``, ``layers``, ``key``).
+    """
+
+    def __init__(self, cache: FeatureCache, layers):
+        layers = tuple(int(b) for b in layers)
+        missing = [b for b in layers if b not in cache.layers]
+        if missing:
+            raise ValueError(f"blocks {missing} are not in this feature cache (it holds blocks "
+                             f"{cache.layers}); build the cache with every block the models use")
+        pos = [cache.layers.index(b) for b in layers]
+        f = cache.features
+        self.features = ImageFeatures([f.layer_tokens[i] for i in pos], f.global_feature, f.grid)
+        self.masks, self.labels, self.layers, self.key = cache.masks, cache.labels, layers, cache.key
+        self.data = cache.data
+        self.where, self.folder, self.reused = cache.where, cache.folder, cache.reused
+
+    batch = FeatureCache.batch  # they read only features, masks and labels
+    features_at = FeatureCache.features_at
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def check_fits(cache, config: PromptMoEConfig, dataset):
+    """``cache`` itself, if it holds ``dataset``'s images with the features ``config`` uses
+    (same :func:`feature_key`, the same blocks in order); else a ValueError saying what differs."""
+    if cache.data != data_digest(dataset):
+        raise ValueError(f"the feature cache holds other images ({cache.data['n']}) than the "
+                         f"dataset {getattr(dataset, 'name', '')!r} ({len(dataset)})")
+    if tuple(cache.layers) != tuple(config.layers):
+        raise ValueError(f"the feature cache gives blocks {tuple(cache.layers)}, the model uses "
+                         f"{tuple(config.layers)}: pass cache.select(config.layers)")
+    key = feature_key(config)
+    diff = {k: (v, key[k]) for k, v in cache.key.items() if v != key[k]}
+    if diff:
+        shown = ", ".join(f"{k}: cache {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"the feature cache was made with other image features ({shown})")
+    return cache

@@ -1,4 +1,4 @@
-"""The ``promptmoe`` command line: make-synthetic, train, eval, predict.
+"""The ``promptmoe`` command line: make-synthetic, train, eval, predict, pretrain-micro, ablate.
 
 Taught in chapters 5 and 6. Every command takes ``--preset`` (default: ``PROMPTMOE_PRESET``, else
 GPU -> paper, online CPU -> small, offline -> tiny) and exits non-zero on any error, printing what
@@ -393,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .microclip.command import add_parser as add_pretrain_micro
 
     add_pretrain_micro(sub)
+
+    from .study_cli import add_parser as add_ablate  # the ablation study (chapter 7)
+
+    add_ablate(sub, _speed_flags)
     return p
 
 

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import ImageFeatures
-from .cache import CACHE_MODES, FeatureCache, choose_cache  # noqa: F401 (FeatureCache: book)
+from .cache import CACHE_MODES, FeatureCache, check_fits, choose_cache  # noqa: F401 (FeatureCache: book)
 from .checkpoint import (RESUMABLE_CHANGES, CheckpointError, atomic_write, config_differences,
                          load_into, load_optimizer, read_checkpoint, save_checkpoint)
 from .config import PromptMoEConfig
@@ -137,6 +137,8 @@ def _trim_log(path: Path, steps: int) -> None:
 
 def _build_cache(model, dataset, config, device, mode, limit_gb, folder, num_workers, progress):
     """The feature cache ``mode`` asks for (None without one); "auto" logs its choice."""
+    if hasattr(mode, "batch"):  # a cache built beforehand and shared by several models (ablation)
+        return check_fits(mode, config, dataset)
     mode = {True: "memory", False: "none"}.get(mode, mode)
     if mode not in CACHE_MODES + ("auto",):
         raise ValueError(f"cache_features={mode!r}; choose auto, memory, disk or none")
@@ -194,7 +196,8 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
         resume: continue from ``out_dir/checkpoint.safetensors``; without it an existing
             checkpoint is an error (work is never overwritten).
         cache_features: "auto" (:func:`~promptmoe.cache.choose_cache`), "memory" (or True),
-            "disk", or "none" (or False).
+            "disk", or "none" (or False); or a ready ``FeatureCache`` (or ``CacheView``) of
+            ``dataset`` made with this model's features (the ablation study shares one).
         cache_limit_gb: the most host memory an in-memory cache may take.
         num_workers: data-loader processes (None: :func:`~promptmoe.loading.default_workers`).
         train_data: a label for the data (stored in the checkpoint, shown in reports).

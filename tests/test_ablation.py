@@ -168,3 +168,16 @@ def test_resume_reads_hashes_as_text(tmp_path, monkeypatch):
     assert len(calls) == 7 and (first["image_auroc"] == 50.0).all()
     again = ablation.run_ablation(6, base, None, {"unseen": None}, tmp_path)
     assert len(calls) == 7 and list(again["config_hash"]) == list(first["config_hash"])
+
+
+def test_table4_rows_pin_the_vv_start_explicitly():
+    """The paper's rows say only which blocks are compared ({"layers": [24]}); applied as they
+    stand, vv_start=None would move the V-V path's start to min(layers). changes_for writes the
+    base model's start into every Table 4 row, so that all rows see the same features."""
+    base = PromptMoEConfig.tiny()
+    changes = ablation.changes_for(4, base)
+    assert changes["{24}"] == {"layers": [4], "vv_start": 1}
+    assert changes["{12, 24}"] == {"layers": [2, 4], "vv_start": 1}
+    assert changes["{6, 12, 18, 24}"] == {}  # the base model itself
+    raw = paper.ablation_configs(4)["{24}"]
+    assert base.replace(layers=ablation.map_layers(raw["layers"], base)).first_vv_block == 4

@@ -1,9 +1,12 @@
 import json
 
+import pandas as pd
 import pytest
 import torch
 
-from promptmoe.cache import FeatureCache, choose_cache
+from promptmoe.backbone import ImageFeatures
+from promptmoe.cache import (FeatureCache, check_fits, choose_cache, feature_key, fingerprint,
+                             weights_digest)
 from promptmoe.config import PromptMoEConfig
 from promptmoe.model import build_model
 from promptmoe.train import CACHE_DIR_NAME, train
@@ -90,3 +93,74 @@ def test_paper_preset_mvtec_cache_size_is_the_one_the_help_and_book_quote():
     assert round(gb, 1) == 15.0
     train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
     assert f"{gb:.1f} GB in fp16" in " ".join(train_parser.format_help().split())
+
+
+# ------------------------------------------------------------------ one cache for many models
+def test_a_cache_of_every_block_serves_a_model_of_fewer():
+    """Table 4's {12, 24} on tiny is blocks (2, 4) with the V-V path pinned at block 1: the
+    blocks of a cache of (1, 2, 3, 4) are exactly that model's own features. Without the pin,
+    vv_start=None means min(layers) = 2 and block 2's tokens would differ."""
+    ds = FixedDataset(6)
+    full = FeatureCache(build_model(PromptMoEConfig.tiny()).eval(), ds, 4, "cpu", progress=False)
+    row = PromptMoEConfig.tiny(layers=(2, 4), vv_start=1)
+    view = full.select(row.layers)
+    assert view.layers == (2, 4) and len(view) == 6 and check_fits(view, row, ds) is view
+    images = torch.stack([ds[i]["image"] for i in range(6)])
+    # in the cache's batches of 4: a CPU's float32 result may change in the last bit with the
+    # number of images in a batch
+    own = ImageFeatures.cat([build_model(row).backbone.encode_image(b) for b in images.split(4)])
+    got = view.features_at(torch.arange(6), "cpu")
+    for a, b in zip(got.layer_tokens + [got.global_feature], own.layer_tokens + [own.global_feature]):
+        assert torch.equal(a, b)
+    unpinned = PromptMoEConfig.tiny(layers=(2, 4))
+    moved = build_model(unpinned).backbone.encode_image(images)
+    for moved_block, own_block in zip(moved.layer_tokens, own.layer_tokens):  # blocks 2 and 4
+        assert (moved_block - own_block).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="first_vv_block: cache 1 vs model 2"):
+        check_fits(view, unpinned, ds)
+    with pytest.raises(ValueError, match=r"cache.select\(config.layers\)"):
+        check_fits(full, row, ds)
+    with pytest.raises(ValueError, match="other images"):
+        check_fits(view, row, FixedDataset(5))
+    with pytest.raises(ValueError, match=r"blocks \[5\] are not in this feature cache"):
+        full.select((4, 5))
+
+
+def test_feature_key_follows_what_changes_the_features():
+    base = PromptMoEConfig.tiny()
+    prompt_side = [base.replace(n_experts=4), base.replace(alpha=0.1), base.replace(seed=3),
+                   base.replace(prompt_mode="static", layerwise_prompts=False),
+                   base.replace(layers=(4,), vv_start=1), base.replace(share_pool=True)]
+    assert all(feature_key(c) == feature_key(base) for c in prompt_side)
+    image_side = [base.replace(image_size=32), base.replace(vv_attention=False),
+                  base.replace(vv_start=2), base.replace(layers=(3, 4)),  # V-V start moves to 3
+                  base.replace(global_ln_post=False), base.replace(pos_embed_resize="bilinear"),
+                  base.replace(precision="bf16"), base.replace(clip_model="ViT-B-16")]
+    keys = [json.dumps(feature_key(c), sort_keys=True) for c in image_side]
+    assert len(set(keys)) == len(keys) and json.dumps(feature_key(base), sort_keys=True) not in keys
+
+
+def test_fingerprint_holds_weights_and_data():
+    ds = FixedDataset(6)
+    a, b = build_model(PromptMoEConfig.tiny()), build_model(PromptMoEConfig.tiny())
+    other = build_model(PromptMoEConfig.tiny(), clip_seed=1)  # another random tower
+    fa = fingerprint(a, ds, torch.float32)
+    assert fa == fingerprint(b, ds, torch.float32)
+    assert fa["weights"] != fingerprint(other, ds, torch.float32)["weights"]
+    assert fa != fingerprint(a, FixedDataset(5), torch.float32)
+    assert fa != fingerprint(a, ds, torch.float16)
+    assert weights_digest(a.backbone.clip.visual) == fa["weights"]
+
+
+def test_train_from_a_shared_cache_equals_its_own_cache(tmp_path):
+    row = _cfg(layers=(2, 4), vv_start=1)
+    shared = FeatureCache(build_model(row.replace(layers=(1, 2, 3, 4))).eval(), FixedDataset(), 4, "cpu",
+                          progress=False)
+    own = train(row, FixedDataset(), tmp_path / "own", cache_features="memory", progress=False)
+    got = train(row, FixedDataset(), tmp_path / "shared", cache_features=shared.select(row.layers),
+                progress=False)
+    for k, v in own.model.trainable_state_dict().items():
+        assert torch.equal(v, got.model.trainable_state_dict()[k]), k
+    pd.testing.assert_frame_equal(own.log, got.log)
+    with pytest.raises(ValueError, match=r"gives blocks \(1, 2, 3, 4\), the model uses \(2, 4\)"):
+        train(row, FixedDataset(), tmp_path / "bad", cache_features=shared, progress=False)
