@@ -387,7 +387,7 @@ def _panels(table: pd.DataFrame) -> list:
     """(key, title, paper column, this-run column, extra (label, column) or None) per panel."""
     panels = []
     for m in dict.fromkeys(c.rsplit(" (", 1)[0] for c in table if c.endswith(")")):
-        if m in ("pro", "pro_compat") or (m == "au_pro" and PRO_PAPER in table):
+        if m in ("pro", "pro_compat") or (m == "au_pro" and PRO_PAPER in table):  # one PRO group
             if not any(p[0] == "pro" for p in panels):
                 panels.append(("pro", "PRO (paper's protocol = pro_compat)", PRO_PAPER, PRO_COMPAT,
                                ("this run, official AU-PRO", PRO_OFFICIAL)))
@@ -405,13 +405,15 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
             percent, as :func:`promptmoe.paper.side_by_side` returns; NaN cells get no bar. Its
             PRO columns give one panel: the paper's PRO beside this run's compat PRO (the same
             protocol) with the official AU-PRO as a third, labelled bar.
-        metrics: which metrics (default: every metric with a column in ``table``); ``"au_pro"``
-            selects the PRO panel.
+        metrics: which metrics (default: every metric with a column in ``table``); the paper's
+            ``"pro"`` selects the PRO panel (so do this run's ``"pro_compat"`` and ``"au_pro"``,
+            whose bars it holds).
     """
     panels = _panels(table)
     if metrics is not None:
         keys = {p[0] for p in panels}
-        wanted = ["pro" if m in ("au_pro", "pro_compat") and "pro" in keys else m for m in metrics]
+        wanted = ["pro" if m in ("pro", "au_pro", "pro_compat") and "pro" in keys else m
+                  for m in metrics]
         missing = [m for m in wanted if m not in keys]
         if missing:
             raise ValueError(f"no '{missing[0]} (paper)' or '{missing[0]} (this run)' column in "

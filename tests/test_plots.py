@@ -264,8 +264,8 @@ def test_pro_curves_shade_limit():
 def test_side_by_side_omits_nan():
     table = pd.DataFrame({"image_auroc (paper)": [93.8, 85.0, np.nan],
                           "image_auroc (this run)": [50.1, np.nan, 61.0],
-                          "au_pro (paper)": [83.2, 89.2, np.nan],
-                          "au_pro (this run)": [np.nan, np.nan, np.nan]},
+                          "pro (paper)": [83.2, 89.2, np.nan],
+                          "pro_compat (this run)": [np.nan, np.nan, np.nan]},
                          index=["MVTec AD", "VisA", "synthetic"])
     fig = plots.plot_side_by_side(table, preset="tiny", data="synthetic/unseen")
     assert len(fig.axes) == 2
@@ -275,7 +275,7 @@ def test_side_by_side_omits_nan():
     assert len(pro.patches) == 2  # the all-NaN "this run" column draws nothing
     assert all(np.isfinite(p.get_height()) for ax in fig.axes for p in ax.patches)
     assert_labelled(fig)
-    fig = plots.plot_side_by_side(table, metrics=["au_pro"], preset="paper", data="MVTec AD")
+    fig = plots.plot_side_by_side(table, metrics=["pro"], preset="paper", data="MVTec AD")
     assert len(fig.axes) == 1
     with pytest.raises(ValueError, match="pixel_auroc"):
         plots.plot_side_by_side(table, metrics=["pixel_auroc"], preset="tiny", data="x")
@@ -316,10 +316,11 @@ def test_side_by_side_plot_puts_compat_pro_beside_the_papers():
     assert titles == ["image_auroc", "PRO (paper's protocol = pro_compat)"]
     pro = next(ax for ax in fig.axes if ax.get_title().startswith("PRO"))
     bars = {c.get_label(): [round(p.get_height(), 3) for p in c.patches] for c in pro.containers}
-    assert bars == {"paper": [paper.paper_value("mvtec", "au_pro")], "this run": [45.0],
+    assert bars == {"paper": [paper.paper_value("mvtec", "pro")], "this run": [45.0],
                     "this run, official AU-PRO": [40.0]}
-    only = plots.plot_side_by_side(table, metrics=["au_pro"], preset="paper", data="MVTec AD")
-    assert [ax.get_title() for ax in only.axes if ax.get_title()] == [titles[1]]
+    for name in ("pro", "pro_compat", "au_pro"):  # the paper's name or either of this run's
+        only = plots.plot_side_by_side(table, metrics=[name], preset="paper", data="MVTec AD")
+        assert [ax.get_title() for ax in only.axes if ax.get_title()] == [titles[1]]
     with pytest.raises(ValueError, match="pixel_auroc"):
         plots.plot_side_by_side(table, metrics=["pixel_auroc"], preset="paper", data="MVTec AD")
     plt.close("all")
