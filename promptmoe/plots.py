@@ -125,7 +125,7 @@ def plot_decouple_dynamics(logs: Mapping[str, pd.DataFrame], smooth: int = 1,
 
     ``logs`` maps run name -> loss log; a name with "without" or "w/o" is drawn dashed.
     """
-    fig, axes = _grid(2, ncols=2, size=(5.0, 3.5))
+    fig, axes = _grid(2, ncols=2, size=(5.0, 5.0))  # tall enough for the legend and caption under it
     for i, (name, log) in enumerate(logs.items()):
         df = log if isinstance(log, pd.DataFrame) else pd.read_csv(log)
         dashed = "without" in name.lower() or "w/o" in name.lower()
@@ -135,9 +135,10 @@ def plot_decouple_dynamics(logs: Mapping[str, pd.DataFrame], smooth: int = 1,
                         color=f"C{i}", label=name)
     for ax, term in zip(axes, ("balance", "decouple")):
         ax.set(title=f"$L_{{{term}}}$ (unweighted)", xlabel="step")
-        ax.legend(fontsize=MIN_FONT)
+    # one legend for both panels, under them: inside a panel it covers the curves
+    handles, names = axes[0].get_legend_handles_labels()
     fig.suptitle("Effect of $L_{decouple}$ on MoE training dynamics")
-    return _label(fig, preset, data)
+    return _label(fig, preset, data, legend=(handles, names) if names else None)
 
 
 # ----------------------------------------------------------------------------- maps (ch. 2, 6)

@@ -130,6 +130,24 @@ def test_decouple_dynamics_dashes_without_run():
     styles = {line.get_label(): line.get_linestyle() for line in fig.axes[1].lines}
     assert styles == {"with L_decouple": "-", "without L_decouple": "--"}
     assert_labelled(fig, data="synthetic/seen")
+    assert_legend_under_the_panels(fig, ["with L_decouple", "without L_decouple"])
+
+
+def assert_legend_under_the_panels(fig, names):
+    """One figure legend with ``names``, under every panel (it covers no curve or bar) and above
+    the caption, within the figure's width."""
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no legend inside a panel
+    assert len(fig.legends) == 1
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == names
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert box.y1 <= ax.get_tightbbox(renderer).y0 + 1e-6
+    caption = next(t for t in fig.texts if t.get_text().startswith("this run:"))
+    assert box.y0 >= caption.get_window_extent(renderer).y1 - 1e-6
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- maps
