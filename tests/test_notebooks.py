@@ -13,6 +13,8 @@ REPO = CONFIG["repository"]["url"].rstrip("/")
 GITHUB_PATH = REPO.split("github.com/")[1]
 TOC_FILES = [TOC["root"]] + [c["file"] for c in TOC["chapters"]]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+CHAPTERS = [nb for nb in NOTEBOOKS if nb.name[0].isdigit()]  # 02_... to 09_...
+APPENDICES = [nb for nb in NOTEBOOKS if nb.name.startswith("appendix_")]
 CLEAN_METADATA = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                   "language_info": {"name": "python"}}
 
@@ -28,7 +30,7 @@ def test_every_chapter_in_the_toc_exists_and_every_notebook_is_listed():
     listed = {str(Path(f)) for f in TOC_FILES}
     for nb in NOTEBOOKS:
         assert str(nb.relative_to(ROOT).with_suffix("")) in listed, f"{nb.name} is not in _toc.yml"
-    assert len(NOTEBOOKS) == 8
+    assert len(CHAPTERS) == 8 and len(CHAPTERS) + len(APPENDICES) == len(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -50,14 +52,15 @@ def test_chapter_shape(path):
     cells = nb["cells"]
     first = "".join(cells[0]["source"])
     badge = f"https://colab.research.google.com/github/{GITHUB_PATH}/blob/main/book/{path.name}"
-    assert first.startswith("# Chapter"), f"{path.name}: first cell must be the chapter title"
+    kind = "# Appendix" if path in APPENDICES else "# Chapter"
+    assert first.startswith(kind), f"{path.name}: first cell must be the title ({kind} ...)"
     assert badge in first, f"{path.name}: Colab badge must point at {badge} (_config.yml repository.url)"
     install = "".join(cells[1]["source"])
     assert '"google.colab" in sys.modules' in install and f"git+{REPO}" in install
     sources = ["".join(c["source"]) for c in cells]
     assert any("chapter_setup(" in s for s in sources if s), f"{path.name}: no chapter_setup() cell"
     headings = [s for s in sources if s.startswith("## ")]
-    for wanted in ("## Summary", "## Exercises"):
+    for wanted in ("## Summary",) + (() if path in APPENDICES else ("## Exercises",)):
         assert any(h.startswith(wanted) for h in headings), f"{path.name}: missing {wanted}"
 
 
