@@ -374,14 +374,33 @@ def _paired_bars(ax, names, paper, ours, horizontal=False, extra=None):
         series.append((extra[1], extra[0], "C1"))
     pos, w = np.arange(len(names)), 0.76 / len(series)
     bar = ax.barh if horizontal else ax.bar
+    texts = []
     for i, (values, label, colour) in enumerate(series):
         values = np.asarray(values, dtype=float)
         ok = np.isfinite(values)
         shift = (i - (len(series) - 1) / 2) * w
-        ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour),
-                     fmt="%.1f", fontsize=MIN_FONT, padding=1)
+        texts += ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour),
+                              fmt="%.1f", fontsize=MIN_FONT, padding=1)
     (ax.set_yticks if horizontal else ax.set_xticks)(pos, names)
     ax.legend(fontsize=MIN_FONT)
+    return _fit_bar_labels(ax, texts, w, horizontal)
+
+
+def _fit_bar_labels(ax, texts, width, horizontal) -> bool:
+    """Turn the labels of vertical bars upright (90 degrees) when one is wider than its bar, so
+    that neighbours cannot overlap; returns whether it did (the caller then needs headroom)."""
+    if horizontal or not texts:
+        return False
+    renderer = ax.figure.canvas.get_renderer()
+    x0, x1 = ax.transData.transform([(0, 0), (width, 0)])[:, 0]
+    widest = max(t.get_window_extent(renderer).width for t in texts)
+    if widest <= 0.9 * abs(x1 - x0):  # 10% margin: the layout may still shrink the Axes a little
+        return False
+    for t in texts:
+        t.set_rotation(90)
+        t.set_horizontalalignment("center")
+        t.set_verticalalignment("bottom")
+    return True
 
 
 def _panels(table: pd.DataFrame) -> list:
@@ -426,7 +445,7 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
         third = None if extra is None else (extra[0], table.get(extra[1], nan))
         _paired_bars(ax, list(table.index), table.get(paper_col, nan), table.get(ours_col, nan),
                      extra=third)
-        ax.set(title=title, ylabel="%", ylim=(0, 108))
+        ax.set(title=title, ylabel="%", ylim=(0, 108), yticks=range(0, 101, 25))
         ax.tick_params(axis="x", labelrotation=30)
     # one legend for all panels, under them: inside a panel it covers bars at column width
     entries = {}
@@ -435,7 +454,25 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
             entries.setdefault(name, handle)
         ax.get_legend().remove()
     fig.suptitle("Paper vs this run")
-    return _label(fig, preset, data, legend=(list(entries.values()), list(entries)))
+    _label(fig, preset, data, legend=(list(entries.values()), list(entries)))
+    for ax in axes:  # after the layout: the panels have their final height
+        _room_for_labels(ax)
+    return fig
+
+
+def _room_for_labels(ax) -> None:
+    """Raise the top of a bar panel until every bar label (upright ones are tall) fits inside."""
+    texts = [t for t in ax.texts if hasattr(t, "xy")]  # bar_label annotations, anchored at bar tops
+    if not texts:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    height = ax.bbox.height  # pixels
+    top = ax.get_ylim()[1]
+    for t in texts:
+        label = t.get_window_extent(renderer).height + 3  # + bar_label's padding
+        if label < height:
+            top = max(top, t.xy[1] * height / (height - label))
+    ax.set_ylim(0, top * 1.02)
 
 
 def plot_ablation(table: pd.DataFrame, metric: str = "", *, preset: str, data: str, ax=None):
