@@ -53,6 +53,9 @@ def _label(fig, preset: str, data: str, caller_ax=None, legend=None):
     label = run_label(preset, data)
     if caller_ax is not None:  # the caller owns the figure: a caption could collide with theirs
         title = caller_ax.get_title()
+        # wrapped to the Axes' width (~12 characters per inch at 9 pt), never wider than the figure
+        inches = caller_ax.get_position().width * fig.get_figwidth()
+        label = "\n".join(textwrap.wrap(label, max(30, int(inches * 12))))
         caller_ax.set_title(f"{title}\n{label}" if title else label, fontsize=MIN_FONT)
         return fig
     # wrap to the figure's width (~12 characters per inch at 9 pt): a narrow plot must not crop it
@@ -275,7 +278,8 @@ def plot_expert_activation(routing: pd.DataFrame, branch: Optional[str] = None,
     branches = [branch] if branch else [b for b in BRANCHES if b in set(freq["branch"])]
     datasets = list(datasets) if datasets else list(dict.fromkeys(freq["dataset"]))
     n_experts, width = int(freq["expert"].max()) + 1, 0.8 / max(1, len(datasets))
-    fig, axes = _grid(len(branches), len(branches), (2 + 0.3 * n_experts * len(datasets), 3.5))
+    # one panel per row, each the column's width: side by side they shrank to a strip
+    fig, axes = _grid(len(branches), 1, (7.0, 2.4))
     palette = sns.color_palette("tab10", len(datasets))
     where = f"block {layer}" if layer is not None else f"{reduce} over layers"
     for ax, b in zip(axes, branches):
@@ -285,9 +289,11 @@ def plot_expert_activation(routing: pd.DataFrame, branch: Optional[str] = None,
                    f["frequency"].reindex(range(n_experts)).to_numpy(), width, label=d,
                    color=palette[j])
         ax.set_xticks(range(n_experts), [f"E{e + 1}" for e in range(n_experts)])
-        ax.set(title=f"{b} experts ({where})", ylabel="activation frequency")
-        ax.legend(fontsize=MIN_FONT)
-    return _label(fig, preset, data)
+        ax.set(title=f"{b} experts ({where})", ylabel="frequency")
+        if reduce != "sum":  # a share of the images: at most 1
+            ax.set_ylim(0, 1.05)
+    handles, names = axes[0].get_legend_handles_labels()  # one legend under the panels
+    return _label(fig, preset, data, legend=(handles, names))
 
 
 def plot_expert_tsne(normal_means, abnormal_means, perplexity: Optional[float] = None,

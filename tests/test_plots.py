@@ -225,6 +225,7 @@ def test_expert_activation_bar_heights(layer):
             np.testing.assert_allclose(heights, want)
         assert {c.get_label() for c in ax.containers} == {"MVTec AD", "VisA"}
     assert_labelled(fig)
+    assert_legend_under_the_panels(fig, ["MVTec AD", "VisA"])
 
 
 def test_expert_activation_one_branch_and_sum():
