@@ -354,8 +354,11 @@ def plot_routing_weights(weights, expert_labels: Optional[Sequence[str]] = None,
 
 # ----------------------------------------------------------------------------- results (ch. 6-7)
 def plot_pro_curves(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], fpr_limit: float = 0.3,
-                    *, preset: str, data: str, ax=None):
-    """PRO against FPR, one line per curve; AU-PRO integrates the shaded part up to fpr_limit."""
+                    *, preset: str, data: str, ax=None, legend: bool = True):
+    """PRO against FPR, one line per curve; AU-PRO integrates the shaded part up to fpr_limit.
+
+    ``legend=False`` leaves the legend out, for a grid of panels that shares one figure legend
+    (inside a small panel it covers the curves)."""
     fig, axis = _axes(ax, (5.0, 4.0))
     axis.axvspan(0, fpr_limit, color="gray", alpha=0.12,
                  label=f"integrated: FPR \u2264 {fpr_limit:g}")
@@ -366,7 +369,8 @@ def plot_pro_curves(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], fpr_lim
         axis.plot(fprs[ok][order], pros[ok][order], label=name)
     axis.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate",
              ylabel="per-region overlap", title="PRO curves")
-    axis.legend(fontsize=MIN_FONT)
+    if legend:
+        axis.legend(fontsize=MIN_FONT)
     return _label(fig, preset, data, ax)
 
 

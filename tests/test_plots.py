@@ -278,6 +278,11 @@ def test_pro_curves_shade_limit():
     span = ax.transData.inverted().transform([[x0, 0], [x1, 0]])[:, 0]
     np.testing.assert_allclose(span, [0, 0.3], atol=1e-6)
     assert_labelled(fig)
+    assert fig.axes[0].get_legend() is not None
+    _, ax = plt.subplots()
+    plots.plot_pro_curves(curves, preset="tiny", data="x", ax=ax, legend=False)
+    assert ax.get_legend() is None and len(ax.lines) == 1  # a grid shares one figure legend
+    plt.close("all")
 
 
 def test_side_by_side_omits_nan():
