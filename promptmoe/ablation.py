@@ -43,7 +43,8 @@ from .train import CHECKPOINT_NAME, train
 
 ABLATION_TABLES = (2, 3, 4, 5, 6)
 PAPER_LAYERS = PromptMoEConfig.paper().layers  # (6, 12, 18, 24): the blocks Table 4 names
-PAPER_COLUMNS = tuple(f"paper {d} {m}" for d in ("mvtec", "visa") for m in ("image_auroc", "au_pro"))
+# the paper's ablation columns; "pro" is its PRO as printed (promptmoe.paper.METRICS)
+PAPER_COLUMNS = tuple(f"paper {d} {m}" for d in ("mvtec", "visa") for m in ("image_auroc", "pro"))
 METRICS_NAME = "metrics.json"
 
 
@@ -154,7 +155,7 @@ def run_ablation(table: int, base: PromptMoEConfig, train_ds, eval_datasets: Map
         One row per configuration, in the paper's order: ``table, configuration, changes,
         preset, data``, this run's metrics in percent (``image_auroc`` ... ``pro_compat``; with
         several eval datasets also ``"<dataset> <metric>"``), the paper's ``paper mvtec
-        image_auroc`` ... ``paper visa au_pro`` and ``config_hash``.
+        image_auroc`` ... ``paper visa pro`` and ``config_hash``.
     """
     out_dir = Path(out_dir)
     csv_path = out_dir / f"table{table}.csv"
@@ -184,11 +185,13 @@ def plot_table(results: pd.DataFrame, metric: str = "image_auroc",
     """What :func:`promptmoe.plots.plot_ablation` draws: index = configuration, columns
     ``paper`` (the paper's ``paper_dataset`` value) and ``this run`` (our ``metric``), percent.
 
-    For ``"au_pro"`` the paper's PRO follows AnomalyCLIP's protocol, so ``this run`` is our
-    ``pro_compat`` (NaN when it was not computed) and a third column ``this run, official
-    AU-PRO`` holds our ``au_pro`` (``promptmoe.paper.PRO_NOTE``)."""
-    if metric not in ("image_auroc", "au_pro"):
-        raise ValueError(f"the paper's ablations report image_auroc and au_pro, not {metric!r}")
+    ``metric`` is the paper's: ``"image_auroc"`` or ``"pro"``. The paper's PRO follows
+    AnomalyCLIP's protocol, so for ``"pro"`` ``this run`` is our ``pro_compat`` (NaN when it was
+    not computed) and a third column ``this run, official AU-PRO`` holds our ``au_pro``
+    (``promptmoe.paper.PRO_NOTE``)."""
+    if metric not in ("image_auroc", "pro"):
+        raise ValueError(f"the paper's ablations report image_auroc and pro (its PRO as printed), "
+                         f"not {metric!r}")
     index = pd.Index(results["configuration"], name="configuration")
     paper = results[f"paper {paper_dataset} {metric}"].to_numpy()
     if metric == "image_auroc":

@@ -3,10 +3,13 @@
 :func:`architecture_shapes` reads every size from the :class:`PromptMoEConfig` and open_clip's
 architecture table (no weights needed); :func:`draw_promptmoe` draws the whole pipeline and
 :func:`draw_vgmop_layer` one VGMoP layer and branch, each box labelled with its tensor's shape
-and its equation number. Chapter 3 draws both at build time for the paper and tiny presets.
+and its equation number. :func:`draw_monolithic_vs_compositional` draws the idea of the paper's
+Fig. 1: one prompt for every image against a prompt composed per image from expert prompts.
+Chapter 3 draws all three at build time.
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Dict
 
 import matplotlib.pyplot as plt
@@ -115,4 +118,81 @@ def draw_vgmop_layer(config: PromptMoEConfig, branch: str = "abnormal"):
     _box(ax, 4.0, 0.2, 2.8, 0.9, f"S_agg = sum_i w_i s_i (Eq. 3)\n(B, {m}, {s['D']})", "output")
     _arrow(ax, (3.2, 0.65), (4.0, 0.65), "s_i")
     _arrow(ax, (5.3, 1.7), (5.3, 1.1), "indices, w")
+    return fig
+
+
+def _example_weights(config: PromptMoEConfig, n_images: int = 2):
+    """Illustrative dense routing weights (n, E): image i picks k experts starting at 3i, with
+    unequal weights that sum to 1 (Fig. 1 of the paper shows non-uniform weights)."""
+    import numpy as np
+
+    E, k = config.n_experts, config.top_k
+    raw = np.arange(k, 0, -1, dtype=float)  # k, k-1, ..., 1: the first choice weighs most
+    out = np.zeros((n_images, E))
+    for i in range(n_images):
+        out[i, [(3 * i + j * 2) % E for j in range(k)]] = raw / raw.sum()
+    return out
+
+
+def draw_monolithic_vs_compositional(config: PromptMoEConfig, weights=None,
+                                     source: str = "illustrative weights"):
+    """The paper's Fig. 1 idea: (a) one learned prompt for every image, (b) a prompt composed per
+    image from k of E expert prompts, with the weights the router gave.
+
+    Args:
+        config: gives E (``n_experts``) and k (``top_k``).
+        weights: dense routing weights (n_images, E), 0 for experts not chosen, each row summing
+            to 1 (``Routing.dense_weights()`` of one layer and branch), one or two images.
+            ``None`` draws illustrative weights.
+        source: where the weights come from (printed under panel b: say preset and model).
+    """
+    import numpy as np
+
+    w = _example_weights(config) if weights is None else np.asarray(weights, dtype=float)
+    E = config.n_experts
+    if w.ndim != 2 or w.shape[1] != E or not 1 <= len(w) <= 2:
+        raise ValueError(f"weights must be (n_images = 1 or 2, E={E}), got shape {w.shape}")
+    if (w < 0).any() or not np.allclose(w.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError(f"weights: each row must be >= 0 and sum to 1, got sums {w.sum(axis=1)}")
+    n = len(w)
+    fig, ax = _canvas(14.0, 7.9, "")
+    ax.plot([6.7, 6.7], [0.2, 7.6], ls="--", lw=0.8, color="0.6")  # the two panels
+    # (a) monolithic: one prompt, one text feature, the same for every image
+    ax.text(3.2, 7.4, "(a) monolithic prompt", ha="center", fontsize=MIN_FONT + 1, weight="bold")
+    _box(ax, 0.3, 5.9, 5.8, 1.1, "one learned prompt pair\n[S_n] [S_a] [object] [Q_ctx]", "learned")
+    _box(ax, 0.3, 4.2, 5.8, 0.9, "frozen text tower -> F_T", "frozen")
+    _arrow(ax, (3.2, 5.9), (3.2, 5.1))
+    for i in range(n):
+        x = 0.3 + i * 6.0 / n
+        _box(ax, x, 1.9, 6.0 / n - 0.3, 1.0, f"image {i + 1}:\nsame F_T", "output")
+        _arrow(ax, (3.2, 4.2), (x + (6.0 / n - 0.3) / 2, 2.9))
+    ax.text(3.2, 1.0, "one description of 'normal' and\n'abnormal' for every image",
+            ha="center", va="center", fontsize=MIN_FONT)
+    # (b) compositional: per image, the router weighs k of the E expert prompts
+    ax.text(10.4, 7.4, "(b) compositional prompt (PromptMoE)", ha="center",
+            fontsize=MIN_FONT + 1, weight="bold")
+    x0, cell = 7.0, 6.8 / E
+    for j in range(E):
+        _box(ax, x0 + j * cell + 0.04, 6.4, cell - 0.12, 0.6, f"E{j + 1}", "learned")
+    ax.text(10.4, 5.95, f"expert pool: E = {E} prompts", ha="center", va="center",
+            fontsize=MIN_FONT)
+    row_h = 2.3 / n  # the rows of weights fill y = 3.3 ... 5.6
+    for i in range(n):
+        y = 5.6 - (i + 1) * row_h
+        ax.text(x0, y + 0.72 * row_h, f"image {i + 1}: weights of its top-{int((w[i] > 0).sum())}",
+                fontsize=MIN_FONT, va="center")
+        for j in range(E):
+            chosen = w[i, j] > 0
+            ax.add_patch(FancyBboxPatch((x0 + j * cell + 0.04, y), cell - 0.12, 0.42 * row_h,
+                                        boxstyle="round,pad=0.01", ec="0.5", lw=0.6,
+                                        fc=COLORS["learned"] if chosen else "white"))
+            ax.text(x0 + j * cell + cell / 2 - 0.04, y + 0.21 * row_h,
+                    f"{w[i, j]:.2f}".lstrip("0") if chosen else "-", ha="center", va="center",
+                    fontsize=MIN_FONT)
+    _box(ax, 7.0, 1.9, 6.8, 1.0, "S_agg(image) = sum_i w_i s_i\n-> frozen text tower -> F_T(image)",
+         "frozen")
+    _arrow(ax, (10.4, 3.3), (10.4, 2.9))
+    note = "a prompt per image from k of E experts (" + source + ")"
+    ax.text(10.4, 0.9, "\n".join(textwrap.wrap(note, 44)), ha="center", va="center",
+            fontsize=MIN_FONT)
     return fig

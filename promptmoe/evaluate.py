@@ -32,7 +32,9 @@ from .metrics import compute_metrics
 from .prompts import BRANCHES
 
 METRIC_COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "au_pro", "pro_compat")
-PAPER_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "au_pro")
+# the paper's metric names (promptmoe.paper.METRICS): its PRO column is "pro", compared with
+# this run's pro_compat (the same protocol) and shown beside our official au_pro
+PAPER_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pro")
 
 
 @dataclass
@@ -252,7 +254,7 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
     next to them (``promptmoe.paper.PRO_NOTE``)."""
     from .paper import side_by_side
 
-    keys = [m for m in (*PAPER_METRICS, "pro_compat") if m in summary]
+    keys = [m for m in METRIC_COLUMNS if m in summary]
     ours = {r["dataset"]: {m: r[m] for m in keys} for _, r in summary.iterrows()}
     return side_by_side(ours, metrics=PAPER_METRICS, strict=False)
 

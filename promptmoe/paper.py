@@ -12,6 +12,13 @@ Detection via Visually-Guided Prompt Mixtures", AAAI 2026 (see :data:`CITATION`)
 Values are percentages exactly as printed. The CSVs are package data (``promptmoe/paper_results``)
 so a book chapter can put "paper" beside "this run" with :func:`side_by_side`.
 
+Metric names (:data:`METRICS`): ``image_auroc``, ``image_ap``, ``pixel_auroc`` and ``pro``, the
+paper's PRO column *as printed*. It is not called ``au_pro``: in this package ``au_pro`` is the
+official MVTec AU-PRO, and PromptMoE's rows follow AnomalyCLIP's protocol (the "compat" PRO,
+``pro_compat`` in an evaluation report; REFERENCE.md D8, chapter 9). :func:`side_by_side` therefore
+puts the paper's ``pro`` beside this run's ``pro_compat``, with this run's ``au_pro`` next to both.
+For the other methods of Table 1 the PRO code is not always known (chapter 9), hence the neutral name.
+
 Known inconsistencies inside the paper (kept as printed, checked in ``tests/test_paper.py``):
 Table 12's DTD-Synthetic pixel AUROC average (98.3) is 0.2 above the mean of its rows (98.1);
 Table 9's VisA image AP average (88.1) differs from Table 1 (88.2); Table 1's medical pixel
@@ -32,7 +39,11 @@ CITATION = (
     'Prompt Mixtures", Proceedings of the AAAI Conference on Artificial Intelligence (AAAI 2026).'
 )
 METHODS = ("CLIP", "WinCLIP", "APRIL-GAN", "AnomalyCLIP", "AdaCLIP", "FAPrompt", "PromptMoE")
-METRICS = ("image_auroc", "image_ap", "pixel_auroc", "au_pro")
+# the paper's metrics; "pro" = its PRO column as printed (AnomalyCLIP's protocol for PromptMoE)
+METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pro")
+# what an evaluation report of this package holds (promptmoe.evaluate.METRIC_COLUMNS): the official
+# AU-PRO and the compat PRO under their own names
+RUN_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "au_pro", "pro_compat")
 DATASETS = ("mvtec", "visa", "mpdd", "btad", "sdd", "dagm", "dtd",
             "headct", "brainmri", "br35h", "isic", "colondb", "clinicdb", "kvasir", "endo")
 AVERAGES = ("industrial_avg", "medical_image_avg", "medical_pixel_avg")
@@ -49,6 +60,9 @@ def _load(name: str) -> pd.DataFrame:
 
 
 def _check(kind: str, value, valid: Sequence) -> None:
+    if kind == "metric" and value in ("au_pro", "pro_compat") and "pro" in valid:
+        raise ValueError(f"the paper's PRO column is named 'pro', not {value!r}: {value} is a "
+                         "metric of this package's runs (compare the paper's pro with pro_compat)")
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {tuple(valid)}")
 
@@ -95,7 +109,8 @@ def per_category(dataset: str, average: bool = True) -> pd.DataFrame:
         average: keep the paper's printed "Average" row (index ``"average"``), last.
 
     Returns:
-        DataFrame with ``display_name`` (the paper's spelling) and the four metrics (percent).
+        DataFrame with ``display_name`` (the paper's spelling) and the four metrics of
+        :data:`METRICS` (percent; ``pro`` is the paper's PRO as printed).
     """
     _check("dataset", dataset, PER_CATEGORY_DATASETS)
     df = _load("per_category.csv")
@@ -111,7 +126,7 @@ def ablation(table: int, wide: bool = False) -> pd.DataFrame:
     Args:
         table: the paper's table number, one of :data:`ABLATION_TABLES`.
         wide: one row per configuration (paper order) with columns ``"mvtec image_auroc"``,
-            ``"mvtec au_pro"``, ``"visa image_auroc"``, ``"visa au_pro"`` and ``config_changes``.
+            ``"mvtec pro"``, ``"visa image_auroc"``, ``"visa pro"`` and ``config_changes``.
 
     Returns:
         Long format by default: ``table, configuration, dataset, metric, value,
@@ -127,7 +142,7 @@ def ablation(table: int, wide: bool = False) -> pd.DataFrame:
     order = list(dict.fromkeys(df["configuration"]))
     df["column"] = df["dataset"] + " " + df["metric"]
     out = df.pivot(index="configuration", columns="column", values="value").loc[order]
-    out = out[["mvtec image_auroc", "mvtec au_pro", "visa image_auroc", "visa au_pro"]]
+    out = out[["mvtec image_auroc", "mvtec pro", "visa image_auroc", "visa pro"]]
     out.columns.name = None
     changes = df.drop_duplicates("configuration").set_index("configuration")["config_changes"]
     out["config_changes"] = changes.loc[order]
@@ -166,7 +181,7 @@ def _columns(metric: str, paper_number: float, values: Mapping[str, float], wher
                              "[0, 1]; side_by_side converts them to percent")
         return 100.0 * v
 
-    if metric == "au_pro":
+    if metric == "pro":
         return {PRO_PAPER: paper_number, PRO_COMPAT: pct("pro_compat"), PRO_OFFICIAL: pct("au_pro")}
     return {f"{metric} (paper)": paper_number, f"{metric} (this run)": pct(metric)}
 
@@ -174,8 +189,8 @@ def _columns(metric: str, paper_number: float, values: Mapping[str, float], wher
 def _metrics_of(ours: Iterable[Mapping[str, float]], metrics: Optional[Iterable[str]]) -> list:
     if metrics is None:
         present = {m for row in ours for m in row}
-        if "pro_compat" in present:
-            present.add("au_pro")
+        if present & {"pro_compat", "au_pro"}:  # either PRO of this run -> the paper's PRO group
+            present.add("pro")
         metrics = [m for m in METRICS if m in present]
     metrics = list(metrics)
     for m in metrics:
@@ -191,10 +206,10 @@ def side_by_side(ours: Mapping[str, Mapping[str, float]],
     """The paper's numbers beside this run's, in percent, for a book table.
 
     Args:
-        ours: ``{dataset: {metric: value in [0, 1]}}`` as returned by the evaluation code; besides
-            :data:`METRICS` a row may hold ``pro_compat``.
-        metrics: which of :data:`METRICS` to show; default: every metric present in ``ours``, in
-            :data:`METRICS` order.
+        ours: ``{dataset: {metric: value in [0, 1]}}`` as returned by the evaluation code, with
+            this run's names (:data:`RUN_METRICS`: ``au_pro`` and ``pro_compat``, never ``pro``).
+        metrics: which of the paper's :data:`METRICS` to show (``"pro"`` gives the PRO group);
+            default: every metric present in ``ours``, in :data:`METRICS` order.
         method: the Table 1 method whose numbers fill the "(paper)" columns.
         decimals: round both columns to this many decimals (None keeps full precision).
         strict: raise on dataset keys the paper does not have; with False they get NaN
@@ -202,8 +217,8 @@ def side_by_side(ours: Mapping[str, Mapping[str, float]],
 
     Returns:
         DataFrame indexed by dataset (order of ``ours``) with columns ``"<metric> (paper)"`` and
-        ``"<metric> (this run)"`` per metric, except PRO (see :data:`PRO_NOTE`): the paper's PRO
-        ``"pro (paper)"``, then ``"pro_compat (this run)"`` (same protocol) and
+        ``"<metric> (this run)"`` per metric, except PRO (metric ``"pro"``, see :data:`PRO_NOTE`):
+        the paper's PRO ``"pro (paper)"``, then ``"pro_compat (this run)"`` (same protocol) and
         ``"au_pro (this run)"`` (official AU-PRO).
     """
     _check("method", method, METHODS)
@@ -213,10 +228,10 @@ def side_by_side(ours: Mapping[str, Mapping[str, float]],
         known = dataset in DATASETS + AVERAGES
         if strict and not known:
             _check("dataset", dataset, DATASETS + AVERAGES)
-        unknown = sorted(set(values) - set(METRICS) - {"pro_compat"})
+        unknown = sorted(set(values) - set(RUN_METRICS))
         if unknown:
-            raise ValueError(f"{dataset}: unknown metrics {unknown}; choose from "
-                             f"{METRICS + ('pro_compat',)}")
+            raise ValueError(f"{dataset}: unknown metrics {unknown} of this run; choose from "
+                             f"{RUN_METRICS} (the paper's 'pro' is compared with 'pro_compat')")
         row = {}
         for m in metrics:
             number = paper_value(dataset, m, method) if known else math.nan
@@ -235,12 +250,16 @@ def per_category_side_by_side(dataset: str, ours: pd.DataFrame,
 
     Args:
         dataset: one of :data:`PER_CATEGORY_DATASETS`.
-        ours: this run's per-category metrics as fractions, indexed by category folder name
-            (``pro_compat`` fills the compat PRO column, see :data:`PRO_NOTE`).
+        ours: this run's per-category metrics as fractions, indexed by category folder name,
+            with this run's names (``pro_compat`` and ``au_pro`` fill the PRO group beside the
+            paper's ``pro``, see :data:`PRO_NOTE`).
+        metrics: the paper's metrics to show (:data:`METRICS`).
     Returns:
         The paper's rows (``display_name`` first, "average" last) with the columns of
         :func:`side_by_side`; categories this run did not score get NaN "(this run)" cells.
     """
+    for m in metrics:
+        _check("metric", m, METRICS)
     theirs = per_category(dataset)
     unknown = sorted(set(ours.index) - set(theirs.index) - {"average"})
     if unknown:

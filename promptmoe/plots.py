@@ -55,6 +55,9 @@ def _label(fig, preset: str, data: str, caller_ax=None, legend=None):
     label = run_label(preset, data)
     if caller_ax is not None:  # the caller owns the figure: a caption could collide with theirs
         title = caller_ax.get_title()
+        # wrapped to the Axes' width (~12 characters per inch at 9 pt), never wider than the figure
+        inches = caller_ax.get_position().width * fig.get_figwidth()
+        label = "\n".join(textwrap.wrap(label, max(30, int(inches * 12))))
         caller_ax.set_title(f"{title}\n{label}" if title else label, fontsize=MIN_FONT)
         return fig
     # wrap to the figure's width (~12 characters per inch at 9 pt): a narrow plot must not crop it
@@ -127,7 +130,7 @@ def plot_decouple_dynamics(logs: Mapping[str, pd.DataFrame], smooth: int = 1,
 
     ``logs`` maps run name -> loss log; a name with "without" or "w/o" is drawn dashed.
     """
-    fig, axes = _grid(2, ncols=2, size=(5.0, 3.5))
+    fig, axes = _grid(2, ncols=2, size=(5.0, 5.0))  # tall enough for the legend and caption under it
     for i, (name, log) in enumerate(logs.items()):
         df = log if isinstance(log, pd.DataFrame) else pd.read_csv(log)
         dashed = "without" in name.lower() or "w/o" in name.lower()
@@ -137,9 +140,10 @@ def plot_decouple_dynamics(logs: Mapping[str, pd.DataFrame], smooth: int = 1,
                         color=f"C{i}", label=name)
     for ax, term in zip(axes, ("balance", "decouple")):
         ax.set(title=f"$L_{{{term}}}$ (unweighted)", xlabel="step")
-        ax.legend(fontsize=MIN_FONT)
+    # one legend for both panels, under them: inside a panel it covers the curves
+    handles, names = axes[0].get_legend_handles_labels()
     fig.suptitle("Effect of $L_{decouple}$ on MoE training dynamics")
-    return _label(fig, preset, data)
+    return _label(fig, preset, data, legend=(handles, names) if names else None)
 
 
 # ----------------------------------------------------------------------------- maps (ch. 2, 6)
@@ -276,7 +280,8 @@ def plot_expert_activation(routing: pd.DataFrame, branch: Optional[str] = None,
     branches = [branch] if branch else [b for b in BRANCHES if b in set(freq["branch"])]
     datasets = list(datasets) if datasets else list(dict.fromkeys(freq["dataset"]))
     n_experts, width = int(freq["expert"].max()) + 1, 0.8 / max(1, len(datasets))
-    fig, axes = _grid(len(branches), len(branches), (2 + 0.3 * n_experts * len(datasets), 3.5))
+    # one panel per row, each the column's width: side by side they shrank to a strip
+    fig, axes = _grid(len(branches), 1, (7.0, 2.4))
     palette = sns.color_palette("tab10", len(datasets))
     where = f"block {layer}" if layer is not None else f"{reduce} over layers"
     for ax, b in zip(axes, branches):
@@ -286,9 +291,11 @@ def plot_expert_activation(routing: pd.DataFrame, branch: Optional[str] = None,
                    f["frequency"].reindex(range(n_experts)).to_numpy(), width, label=d,
                    color=palette[j])
         ax.set_xticks(range(n_experts), [f"E{e + 1}" for e in range(n_experts)])
-        ax.set(title=f"{b} experts ({where})", ylabel="activation frequency")
-        ax.legend(fontsize=MIN_FONT)
-    return _label(fig, preset, data)
+        ax.set(title=f"{b} experts ({where})", ylabel="frequency")
+        if reduce != "sum":  # a share of the images: at most 1
+            ax.set_ylim(0, 1.05)
+    handles, names = axes[0].get_legend_handles_labels()  # one legend under the panels
+    return _label(fig, preset, data, legend=(handles, names))
 
 
 def plot_expert_tsne(normal_means, abnormal_means, perplexity: Optional[float] = None,
@@ -349,8 +356,11 @@ def plot_routing_weights(weights, expert_labels: Optional[Sequence[str]] = None,
 
 # ----------------------------------------------------------------------------- results (ch. 6-7)
 def plot_pro_curves(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], fpr_limit: float = 0.3,
-                    *, preset: str, data: str, ax=None):
-    """PRO against FPR, one line per curve; AU-PRO integrates the shaded part up to fpr_limit."""
+                    *, preset: str, data: str, ax=None, legend: bool = True):
+    """PRO against FPR, one line per curve; AU-PRO integrates the shaded part up to fpr_limit.
+
+    ``legend=False`` leaves the legend out, for a grid of panels that shares one figure legend
+    (inside a small panel it covers the curves)."""
     fig, axis = _axes(ax, (5.0, 4.0))
     axis.axvspan(0, fpr_limit, color="gray", alpha=0.12,
                  label=f"integrated: FPR \u2264 {fpr_limit:g}")
@@ -361,7 +371,8 @@ def plot_pro_curves(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], fpr_lim
         axis.plot(fprs[ok][order], pros[ok][order], label=name)
     axis.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate",
              ylabel="per-region overlap", title="PRO curves")
-    axis.legend(fontsize=MIN_FONT)
+    if legend:
+        axis.legend(fontsize=MIN_FONT)
     return _label(fig, preset, data, ax)
 
 
@@ -375,21 +386,40 @@ def _paired_bars(ax, names, paper, ours, horizontal=False, extra=None):
         series.append((extra[1], extra[0], "C1"))
     pos, w = np.arange(len(names)), 0.76 / len(series)
     bar = ax.barh if horizontal else ax.bar
+    texts = []
     for i, (values, label, colour) in enumerate(series):
         values = np.asarray(values, dtype=float)
         ok = np.isfinite(values)
         shift = (i - (len(series) - 1) / 2) * w
-        ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour),
-                     fmt="%.1f", fontsize=MIN_FONT, padding=1)
+        texts += ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour),
+                              fmt="%.1f", fontsize=MIN_FONT, padding=1)
     (ax.set_yticks if horizontal else ax.set_xticks)(pos, names)
     ax.legend(fontsize=MIN_FONT)
+    return _fit_bar_labels(ax, texts, w, horizontal)
+
+
+def _fit_bar_labels(ax, texts, width, horizontal) -> bool:
+    """Turn the labels of vertical bars upright (90 degrees) when one is wider than its bar, so
+    that neighbours cannot overlap; returns whether it did (the caller then needs headroom)."""
+    if horizontal or not texts:
+        return False
+    renderer = ax.figure.canvas.get_renderer()
+    x0, x1 = ax.transData.transform([(0, 0), (width, 0)])[:, 0]
+    widest = max(t.get_window_extent(renderer).width for t in texts)
+    if widest <= 0.9 * abs(x1 - x0):  # 10% margin: the layout may still shrink the Axes a little
+        return False
+    for t in texts:
+        t.set_rotation(90)
+        t.set_horizontalalignment("center")
+        t.set_verticalalignment("bottom")
+    return True
 
 
 def _panels(table: pd.DataFrame) -> list:
     """(key, title, paper column, this-run column, extra (label, column) or None) per panel."""
     panels = []
     for m in dict.fromkeys(c.rsplit(" (", 1)[0] for c in table if c.endswith(")")):
-        if m in ("pro", "pro_compat") or (m == "au_pro" and PRO_PAPER in table):
+        if m in ("pro", "pro_compat") or (m == "au_pro" and PRO_PAPER in table):  # one PRO group
             if not any(p[0] == "pro" for p in panels):
                 panels.append(("pro", "PRO (paper's protocol = pro_compat)", PRO_PAPER, PRO_COMPAT,
                                ("this run, official AU-PRO", PRO_OFFICIAL)))
@@ -407,13 +437,15 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
             percent, as :func:`promptmoe.paper.side_by_side` returns; NaN cells get no bar. Its
             PRO columns give one panel: the paper's PRO beside this run's compat PRO (the same
             protocol) with the official AU-PRO as a third, labelled bar.
-        metrics: which metrics (default: every metric with a column in ``table``); ``"au_pro"``
-            selects the PRO panel.
+        metrics: which metrics (default: every metric with a column in ``table``); the paper's
+            ``"pro"`` selects the PRO panel (so do this run's ``"pro_compat"`` and ``"au_pro"``,
+            whose bars it holds).
     """
     panels = _panels(table)
     if metrics is not None:
         keys = {p[0] for p in panels}
-        wanted = ["pro" if m in ("au_pro", "pro_compat") and "pro" in keys else m for m in metrics]
+        wanted = ["pro" if m in ("pro", "au_pro", "pro_compat") and "pro" in keys else m
+                  for m in metrics]
         missing = [m for m in wanted if m not in keys]
         if missing:
             raise ValueError(f"no '{missing[0]} (paper)' or '{missing[0]} (this run)' column in "
@@ -425,7 +457,7 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
         third = None if extra is None else (extra[0], table.get(extra[1], nan))
         _paired_bars(ax, list(table.index), table.get(paper_col, nan), table.get(ours_col, nan),
                      extra=third)
-        ax.set(title=title, ylabel="%", ylim=(0, 108))
+        ax.set(title=title, ylabel="%", ylim=(0, 108), yticks=range(0, 101, 25))
         ax.tick_params(axis="x", labelrotation=30)
     # one legend for all panels, under them: inside a panel it covers bars at column width
     entries = {}
@@ -434,7 +466,25 @@ def plot_side_by_side(table: pd.DataFrame, metrics: Optional[Sequence[str]] = No
             entries.setdefault(name, handle)
         ax.get_legend().remove()
     fig.suptitle("Paper vs this run")
-    return _label(fig, preset, data, legend=(list(entries.values()), list(entries)))
+    _label(fig, preset, data, legend=(list(entries.values()), list(entries)))
+    for ax in axes:  # after the layout: the panels have their final height
+        _room_for_labels(ax)
+    return fig
+
+
+def _room_for_labels(ax) -> None:
+    """Raise the top of a bar panel until every bar label (upright ones are tall) fits inside."""
+    texts = [t for t in ax.texts if hasattr(t, "xy")]  # bar_label annotations, anchored at bar tops
+    if not texts:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    height = ax.bbox.height  # pixels
+    top = ax.get_ylim()[1]
+    for t in texts:
+        label = t.get_window_extent(renderer).height + 3  # + bar_label's padding
+        if label < height:
+            top = max(top, t.xy[1] * height / (height - label))
+    ax.set_ylim(0, top * 1.02)
 
 
 def plot_ablation(table: pd.DataFrame, metric: str = "", *, preset: str, data: str, ax=None):

@@ -106,7 +106,7 @@ def test_run_ablation_rows_resume_and_reuse(tiny_data, tmp_path, monkeypatch):
     assert (df["preset"] == "tiny").all() and (df["data"] == "train synthetic -> eval unseen").all()
     wide = paper.ablation(3, wide=True)
     assert df["paper mvtec image_auroc"].tolist() == wide["mvtec image_auroc"].tolist()
-    assert df["paper visa au_pro"].tolist() == wide["visa au_pro"].tolist()
+    assert df["paper visa pro"].tolist() == wide["visa pro"].tolist()  # the paper's PRO
     assert json.loads(df.loc[0, "changes"]) == {"alpha": 0.0}
 
     # the CSV holds every row: a second call trains nothing and returns the same numbers
@@ -138,18 +138,20 @@ def test_run_ablation_rows_resume_and_reuse(tiny_data, tmp_path, monkeypatch):
 def test_plot_table(tiny_data, tmp_path):
     df = pd.DataFrame({"configuration": ["a", "b"], "image_auroc": [50.0, 60.0],
                        "paper mvtec image_auroc": [91.0, 93.0], "au_pro": [1.0, 2.0],
-                       "paper visa au_pro": [88.0, 89.0]})
+                       "paper visa pro": [88.0, 89.0]})
     t = ablation.plot_table(df, "image_auroc")
     assert t.to_dict() == {"paper": {"a": 91.0, "b": 93.0}, "this run": {"a": 50.0, "b": 60.0}}
     # the paper's PRO is AnomalyCLIP's protocol: our compat PRO beside it, official AU-PRO third
     df["pro_compat"] = [3.0, 4.0]
-    t = ablation.plot_table(df, "au_pro", "visa")
+    t = ablation.plot_table(df, "pro", "visa")
     assert t.to_dict() == {"paper": {"a": 88.0, "b": 89.0}, "this run": {"a": 3.0, "b": 4.0},
                            "this run, official AU-PRO": {"a": 1.0, "b": 2.0}}
-    no_compat = ablation.plot_table(df.drop(columns="pro_compat"), "au_pro", "visa")
+    no_compat = ablation.plot_table(df.drop(columns="pro_compat"), "pro", "visa")
     assert no_compat["this run"].isna().all()  # never the official AU-PRO in its place
-    with pytest.raises(ValueError, match="image_auroc and au_pro"):
+    with pytest.raises(ValueError, match="image_auroc and pro"):
         ablation.plot_table(df, "pixel_auroc")
+    with pytest.raises(ValueError, match="image_auroc and pro"):
+        ablation.plot_table(df, "au_pro")  # this run's metric, not a column of the paper
 
 
 def test_resume_reads_hashes_as_text(tmp_path, monkeypatch):

@@ -38,3 +38,27 @@ def test_figures_print_the_config_shapes_and_equation_numbers():
     assert "(6, 5, 768)" in t and "768-256-6" in t and "top-2" in t
     assert whole.get_figwidth() <= 7.0 and min(tx.get_fontsize() for tx in whole.axes[0].texts) >= 9
     plt.close("all")
+
+
+def test_monolithic_vs_compositional_prints_the_routing_it_is_given():
+    import numpy as np
+
+    from promptmoe.architecture import draw_monolithic_vs_compositional
+
+    cfg = PromptMoEConfig.from_preset("paper").replace(n_experts=6, top_k=2)
+    w = np.array([[0.7, 0.3, 0, 0, 0, 0], [0, 0, 0, 0.45, 0, 0.55]])
+    fig = draw_monolithic_vs_compositional(cfg, w, source="a test")
+    t = texts(fig)
+    assert "(a) monolithic prompt" in t and "(b) compositional prompt" in t
+    assert [f"E{j}" in t for j in range(1, 8)] == [True] * 6 + [False]  # E = 6 boxes
+    assert "top-2" in t and "(a test)" in t.replace("\n", " ")
+    cells = [tx.get_text() for tx in fig.axes[0].texts if tx.get_text() in (".70", ".30", ".45", ".55", "-")]
+    assert cells == [".70", ".30", "-", "-", "-", "-", "-", "-", "-", ".45", "-", ".55"]  # row by row
+    assert fig.get_figwidth() <= 7.0 and min(tx.get_fontsize() for tx in fig.axes[0].texts) >= 9
+    default = texts(draw_monolithic_vs_compositional(PromptMoEConfig.from_preset("paper")))
+    assert "illustrative" in default and default.count("top-4") == 2
+    with pytest.raises(ValueError, match="sum to 1"):
+        draw_monolithic_vs_compositional(cfg, w * 2)
+    with pytest.raises(ValueError, match="E=6"):
+        draw_monolithic_vs_compositional(cfg, np.ones((2, 8)) / 8)
+    plt.close("all")

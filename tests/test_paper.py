@@ -14,7 +14,7 @@ from promptmoe.config import PromptMoEConfig
 #   Table 12, DTD-Synthetic P-AUROC: rows average 98.11, printed "Average" 98.3 (Table 1: 98.3).
 PER_CATEGORY_KNOWN = {("dtd", "pixel_auroc"): (98.108, 98.3)}
 #   Table 1, medical pixel Average, APRIL-GAN PRO: rows average 58.72, printed 58.2.
-TABLE1_AVG_KNOWN = {("medical_pixel_avg", "APRIL-GAN", "au_pro"): (58.72, 58.2)}
+TABLE1_AVG_KNOWN = {("medical_pixel_avg", "APRIL-GAN", "pro"): (58.72, 58.2)}
 #   Table 9 prints VisA image AP average 88.1 (rows: 88.14); Table 1 prints 88.2.
 TABLE1_VS_PER_CATEGORY_KNOWN = {("visa", "image_ap"): (88.2, 88.1)}
 
@@ -26,40 +26,40 @@ PIXEL_ONLY = {"isic", "colondb", "clinicdb", "kvasir", "endo"}
 @pytest.mark.parametrize("dataset, metric, method, expected", [
     ("mvtec", "image_auroc", "PromptMoE", 93.8),
     ("mvtec", "image_ap", "PromptMoE", 97.2),
-    ("visa", "au_pro", "PromptMoE", 89.2),
+    ("visa", "pro", "PromptMoE", 89.2),
     ("sdd", "image_auroc", "FAPrompt", 98.6),
     ("sdd", "image_ap", "FAPrompt", 95.9),
     ("btad", "image_auroc", "CLIP", 34.5),
     ("mvtec", "pixel_auroc", "AnomalyCLIP", 91.1),
-    ("mvtec", "au_pro", "AnomalyCLIP", 81.4),
-    ("isic", "au_pro", "AdaCLIP", 5.3),
+    ("mvtec", "pro", "AnomalyCLIP", 81.4),
+    ("isic", "pro", "AdaCLIP", 5.3),
     ("headct", "image_ap", "PromptMoE", 98.2),
     ("endo", "pixel_auroc", "PromptMoE", 86.3),
-    ("dagm", "au_pro", "CLIP", 2.9),
+    ("dagm", "pro", "CLIP", 2.9),
     ("industrial_avg", "image_auroc", "PromptMoE", 92.4),
-    ("medical_pixel_avg", "au_pro", "AdaCLIP", 9.8),
+    ("medical_pixel_avg", "pro", "AdaCLIP", 9.8),
 ])
 def test_spot_values(dataset, metric, method, expected):
     assert paper.paper_value(dataset, metric, method) == expected
 
 
 def test_default_method_is_promptmoe():
-    assert paper.paper_value("dtd", "au_pro") == 93.2
+    assert paper.paper_value("dtd", "pro") == 93.2
 
 
 def test_ablation_spot_values():
     t6 = paper.ablation(6, wide=True)
-    assert t6.loc["E=16, k=8", "mvtec au_pro"] == 84.0
+    assert t6.loc["E=16, k=8", "mvtec pro"] == 84.0
     assert t6.loc["E=8, k=1", "visa image_auroc"] == 84.0
     t2 = paper.ablation(2, wide=True)
     assert t2.loc["+ VGMoP", "mvtec image_auroc"] == 93.1
-    assert paper.ablation(3, wide=True).loc["alpha = 0 (w/o L_balance)", "visa au_pro"] == 88.2
-    assert paper.ablation(4, wide=True).loc["{12, 24}", "mvtec au_pro"] == 84.1
+    assert paper.ablation(3, wide=True).loc["alpha = 0 (w/o L_balance)", "visa pro"] == 88.2
+    assert paper.ablation(4, wide=True).loc["{12, 24}", "mvtec pro"] == 84.1
     assert paper.ablation(5, wide=True).loc["w/ Shared Both", "mvtec image_auroc"] == 90.9
 
 
 def test_per_category_spot_values():
-    assert paper.per_category("mvtec").loc["transistor", "au_pro"] == 55.1
+    assert paper.per_category("mvtec").loc["transistor", "pro"] == 55.1
     assert paper.per_category("btad").loc["02", "image_ap"] == 97.4
     assert paper.per_category("dtd").loc["Mesh_114", "display_name"] == "Mesh 114"
     assert paper.per_category("visa").loc["pipe_fryum", "display_name"] == "Pipe Fryum"
@@ -80,7 +80,7 @@ def test_table1_covers_15_datasets_7_methods_2_metrics():
     assert (industrial.groupby(["dataset", "method"])["metric"].apply(set)
             == set(paper.METRICS)).all()
     assert set(df[df["dataset"].isin(IMAGE_ONLY)]["metric"]) == {"image_auroc", "image_ap"}
-    assert set(df[df["dataset"].isin(PIXEL_ONLY)]["metric"]) == {"pixel_auroc", "au_pro"}
+    assert set(df[df["dataset"].isin(PIXEL_ONLY)]["metric"]) == {"pixel_auroc", "pro"}
     assert df["value"].between(0, 100).all()
 
 
@@ -130,8 +130,8 @@ def test_table1_agrees_with_per_category_averages():
 
 # ------------------------------------------------------------------ paper_value edge cases
 @pytest.mark.parametrize("dataset, metric", [
-    ("headct", "pixel_auroc"), ("br35h", "au_pro"), ("isic", "image_auroc"),
-    ("kvasir", "image_ap"), ("medical_image_avg", "au_pro"), ("medical_pixel_avg", "image_ap"),
+    ("headct", "pixel_auroc"), ("br35h", "pro"), ("isic", "image_auroc"),
+    ("kvasir", "image_ap"), ("medical_image_avg", "pro"), ("medical_pixel_avg", "image_ap"),
 ])
 def test_paper_value_nan_when_unreported(dataset, metric):
     assert math.isnan(paper.paper_value(dataset, metric))
@@ -139,7 +139,9 @@ def test_paper_value_nan_when_unreported(dataset, metric):
 
 @pytest.mark.parametrize("args, word", [
     (("mvtec_ad", "image_auroc"), "mvtec"),
-    (("mvtec", "pro"), "au_pro"),
+    (("mvtec", "au_pro"), "named 'pro'"),
+    (("mvtec", "pro_compat"), "compare the paper's pro"),
+    (("mvtec", "aupro"), "pixel_auroc"),
     (("mvtec", "image_auroc", "Ours"), "PromptMoE"),
 ])
 def test_paper_value_unknown_keys(args, word):
@@ -185,7 +187,7 @@ def test_ablation_tables_shape_and_default_row():
         long = paper.ablation(table)
         assert len(long) == n * 4
         assert set(long["dataset"]) == {"mvtec", "visa"}
-        assert set(long["metric"]) == {"image_auroc", "au_pro"}
+        assert set(long["metric"]) == {"image_auroc", "pro"}
         wide = paper.ablation(table, wide=True)
         assert len(wide) == n
         # every table contains the full model exactly once and it scores the Table 1 numbers
@@ -193,9 +195,9 @@ def test_ablation_tables_shape_and_default_row():
         assert len(default) == 1, table
         d = default.iloc[0]
         assert d["mvtec image_auroc"] == paper.paper_value("mvtec", "image_auroc")
-        assert d["mvtec au_pro"] == paper.paper_value("mvtec", "au_pro")
+        assert d["mvtec pro"] == paper.paper_value("mvtec", "pro")
         assert d["visa image_auroc"] == paper.paper_value("visa", "image_auroc")
-        assert d["visa au_pro"] == paper.paper_value("visa", "au_pro")
+        assert d["visa pro"] == paper.paper_value("visa", "pro")
     with pytest.raises(ValueError, match="2"):
         paper.ablation(7)
 
@@ -244,7 +246,7 @@ def test_side_by_side_format():
                                  "pro (paper)", "pro_compat (this run)", "au_pro (this run)"]
     assert out.loc["mvtec", "image_auroc (paper)"] == 93.8
     assert out.loc["mvtec", "image_auroc (this run)"] == 91.2
-    assert out.loc["mvtec", "pro (paper)"] == paper.paper_value("mvtec", "au_pro")
+    assert out.loc["mvtec", "pro (paper)"] == paper.paper_value("mvtec", "pro")
     assert out.loc["mvtec", "pro_compat (this run)"] == 85.0
     assert out.loc["mvtec", "au_pro (this run)"] == 80.0
     assert math.isnan(out.loc["headct", "pro (paper)"])  # the paper has no PRO for HeadCT
@@ -257,7 +259,7 @@ def test_side_by_side_format():
     # pro_compat alone still gives the PRO group; no PRO metric at all gives none
     only = paper.side_by_side({"visa": {"pro_compat": 0.5}})
     assert list(only.columns) == ["pro (paper)", "pro_compat (this run)", "au_pro (this run)"]
-    assert only.loc["visa", "pro (paper)"] == paper.paper_value("visa", "au_pro")
+    assert only.loc["visa", "pro (paper)"] == paper.paper_value("visa", "pro")
     assert math.isnan(only.loc["visa", "au_pro (this run)"])
 
 
@@ -269,7 +271,7 @@ def test_per_category_side_by_side():
     assert list(out.index) == list(theirs.index)  # every paper row, "average" last
     assert list(out.columns[:1]) == ["display_name"]
     assert {"pro (paper)", "pro_compat (this run)", "au_pro (this run)"} <= set(out.columns)
-    assert out.loc["bottle", "pro (paper)"] == theirs.loc["bottle", "au_pro"]
+    assert out.loc["bottle", "pro (paper)"] == theirs.loc["bottle", "pro"]
     assert out.loc["bottle", "pro_compat (this run)"] == 65.0
     assert out.loc["cable", "au_pro (this run)"] == 40.0
     assert out.loc["average", "image_auroc (this run)"] == 80.0  # mean of this run's categories
@@ -285,8 +287,10 @@ def test_side_by_side_rejects_bad_input():
         paper.side_by_side({"mvtec": {"image_auroc": 93.8}})
     with pytest.raises(ValueError, match="mvtec"):
         paper.side_by_side({"mvtech": {"image_auroc": 0.9}})
-    with pytest.raises(ValueError, match="au_pro"):
-        paper.side_by_side({"mvtec": {"pro": 0.9}})
+    with pytest.raises(ValueError, match="compared with 'pro_compat'"):
+        paper.side_by_side({"mvtec": {"pro": 0.9}})  # "pro" is the paper's name, not a run's
+    with pytest.raises(ValueError, match="named 'pro'"):
+        paper.side_by_side({"mvtec": {"au_pro": 0.9}}, metrics=["au_pro"])
     with pytest.raises(ValueError, match="pro_compat"):
         paper.side_by_side({"mvtec": {"pro_compat": 85.0}})  # percent, not a fraction
     toy = paper.side_by_side({"toy": {"image_auroc": 0.7}}, strict=False)
@@ -297,3 +301,20 @@ def test_side_by_side_rejects_bad_input():
 def test_citation_and_methods():
     assert "Shao et al." in paper.CITATION and "AAAI 2026" in paper.CITATION
     assert paper.METHODS[-1] == "PromptMoE" and len(paper.METHODS) == 7
+
+
+def test_the_papers_pro_is_named_pro_everywhere():
+    """The paper's PRO column follows AnomalyCLIP's protocol (the compat PRO), so it must not
+    carry the name of this package's official AU-PRO (``au_pro``) in any table of the paper."""
+    from importlib.resources import files
+
+    for path in (files("promptmoe") / "paper_results").iterdir():
+        if path.name.endswith(".csv"):
+            assert "au_pro" not in path.read_text(encoding="utf-8"), path.name
+    assert "pro" in paper.METRICS and "au_pro" not in paper.METRICS
+    assert set(paper.per_category("visa").columns) >= {"pro"}
+    # this run's official AU-PRO alone still opens the PRO group, beside the paper's "pro"
+    alone = paper.side_by_side({"visa": {"au_pro": 0.5}})
+    assert list(alone.columns) == ["pro (paper)", "pro_compat (this run)", "au_pro (this run)"]
+    assert alone.loc["visa", "pro (paper)"] == 89.2 and alone.loc["visa", "au_pro (this run)"] == 50.0
+    assert math.isnan(alone.loc["visa", "pro_compat (this run)"])

@@ -130,6 +130,24 @@ def test_decouple_dynamics_dashes_without_run():
     styles = {line.get_label(): line.get_linestyle() for line in fig.axes[1].lines}
     assert styles == {"with L_decouple": "-", "without L_decouple": "--"}
     assert_labelled(fig, data="synthetic/seen")
+    assert_legend_under_the_panels(fig, ["with L_decouple", "without L_decouple"])
+
+
+def assert_legend_under_the_panels(fig, names):
+    """One figure legend with ``names``, under every panel (it covers no curve or bar) and above
+    the caption, within the figure's width."""
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no legend inside a panel
+    assert len(fig.legends) == 1
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == names
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert box.y1 <= ax.get_tightbbox(renderer).y0 + 1e-6
+    caption = next(t for t in fig.texts if t.get_text().startswith("this run:"))
+    assert box.y0 >= caption.get_window_extent(renderer).y1 - 1e-6
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- maps
@@ -207,6 +225,7 @@ def test_expert_activation_bar_heights(layer):
             np.testing.assert_allclose(heights, want)
         assert {c.get_label() for c in ax.containers} == {"MVTec AD", "VisA"}
     assert_labelled(fig)
+    assert_legend_under_the_panels(fig, ["MVTec AD", "VisA"])
 
 
 def test_expert_activation_one_branch_and_sum():
@@ -259,13 +278,18 @@ def test_pro_curves_shade_limit():
     span = ax.transData.inverted().transform([[x0, 0], [x1, 0]])[:, 0]
     np.testing.assert_allclose(span, [0, 0.3], atol=1e-6)
     assert_labelled(fig)
+    assert fig.axes[0].get_legend() is not None
+    _, ax = plt.subplots()
+    plots.plot_pro_curves(curves, preset="tiny", data="x", ax=ax, legend=False)
+    assert ax.get_legend() is None and len(ax.lines) == 1  # a grid shares one figure legend
+    plt.close("all")
 
 
 def test_side_by_side_omits_nan():
     table = pd.DataFrame({"image_auroc (paper)": [93.8, 85.0, np.nan],
                           "image_auroc (this run)": [50.1, np.nan, 61.0],
-                          "au_pro (paper)": [83.2, 89.2, np.nan],
-                          "au_pro (this run)": [np.nan, np.nan, np.nan]},
+                          "pro (paper)": [83.2, 89.2, np.nan],
+                          "pro_compat (this run)": [np.nan, np.nan, np.nan]},
                          index=["MVTec AD", "VisA", "synthetic"])
     fig = plots.plot_side_by_side(table, preset="tiny", data="synthetic/unseen")
     assert len(fig.axes) == 2
@@ -275,7 +299,7 @@ def test_side_by_side_omits_nan():
     assert len(pro.patches) == 2  # the all-NaN "this run" column draws nothing
     assert all(np.isfinite(p.get_height()) for ax in fig.axes for p in ax.patches)
     assert_labelled(fig)
-    fig = plots.plot_side_by_side(table, metrics=["au_pro"], preset="paper", data="MVTec AD")
+    fig = plots.plot_side_by_side(table, metrics=["pro"], preset="paper", data="MVTec AD")
     assert len(fig.axes) == 1
     with pytest.raises(ValueError, match="pixel_auroc"):
         plots.plot_side_by_side(table, metrics=["pixel_auroc"], preset="tiny", data="x")
@@ -316,10 +340,11 @@ def test_side_by_side_plot_puts_compat_pro_beside_the_papers():
     assert titles == ["image_auroc", "PRO (paper's protocol = pro_compat)"]
     pro = next(ax for ax in fig.axes if ax.get_title().startswith("PRO"))
     bars = {c.get_label(): [round(p.get_height(), 3) for p in c.patches] for c in pro.containers}
-    assert bars == {"paper": [paper.paper_value("mvtec", "au_pro")], "this run": [45.0],
+    assert bars == {"paper": [paper.paper_value("mvtec", "pro")], "this run": [45.0],
                     "this run, official AU-PRO": [40.0]}
-    only = plots.plot_side_by_side(table, metrics=["au_pro"], preset="paper", data="MVTec AD")
-    assert [ax.get_title() for ax in only.axes if ax.get_title()] == [titles[1]]
+    for name in ("pro", "pro_compat", "au_pro"):  # the paper's name or either of this run's
+        only = plots.plot_side_by_side(table, metrics=[name], preset="paper", data="MVTec AD")
+        assert [ax.get_title() for ax in only.axes if ax.get_title()] == [titles[1]]
     with pytest.raises(ValueError, match="pixel_auroc"):
         plots.plot_side_by_side(table, metrics=["pixel_auroc"], preset="paper", data="MVTec AD")
     plt.close("all")
@@ -350,3 +375,27 @@ def test_side_by_side_legend_sits_under_the_panels_not_on_the_bars():
     assert box.y0 >= caption.get_window_extent(renderer).y1 - 1e-6
     assert box.x0 >= 0 and box.x1 <= fig.bbox.x1  # one row that fits the figure's width
     plt.close("all")
+
+
+def test_side_by_side_bar_labels_never_overlap():
+    """Three bars per dataset (paper, compat PRO, official AU-PRO) are narrower than a label
+    such as "22.9": the labels turn upright rather than run into each other, and stay inside
+    the panel."""
+    from promptmoe import paper
+
+    ours = paper.side_by_side({"synthetic": {"image_auroc": 0.565, "au_pro": 0.229, "pro_compat": 0.227},
+                               "mvtec": {"image_auroc": 0.5, "au_pro": 0.971, "pro_compat": 0.969},
+                               "visa": {}, "industrial_avg": {}}, strict=False)  # as chapter 6 draws it
+    fig = plots.plot_side_by_side(ours, preset="tiny", data="synthetic/unseen")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]  # bar_label annotations
+        assert len(boxes) >= 2
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), (ax.get_title(), a, b)
+            assert a.y1 <= ax.get_window_extent(renderer).y1 + 1e-6  # inside the panel
+    pro = next(ax for ax in fig.axes if ax.get_title().startswith("PRO"))
+    assert {t.get_rotation() for t in pro.texts} == {90.0}
+    plt.close(fig)
