@@ -19,8 +19,8 @@ def synth(tmp_path_factory):
     return load_dataset("synthetic", root / "unseen", image_size=64, verbose=False)
 
 
-def test_report_matches_metrics_computed_directly(synth, tmp_path):
-    model = build_model(PromptMoEConfig.tiny()).eval()
+def test_report_matches_metrics_computed_directly(synth, tmp_path, device):
+    model = build_model(PromptMoEConfig.tiny(), device=device).eval()
     rep = evaluate(model, {"synthetic": synth}, out_dir=tmp_path, keep_predictions=True,
                    progress=False, label={"preset": "tiny", "data": "synthetic"})
     assert list(rep.per_category.category) == ["coins", "pill"]
