@@ -162,3 +162,39 @@ def test_speed_flags_parse_for_train_eval_and_predict():
     assert e.workers == 2 and e.precision == "auto"
     r = p.parse_args(["predict", "img.png", "--precision", "fp32"])
     assert r.precision == "fp32" and r.workers is None
+
+
+def test_precision_flag_reaches_the_towers_in_train_eval_predict_and_resume(tmp_path, monkeypatch):
+    """--precision is not only parsed: the frozen towers run under it (what they ask
+    precision.autocast_dtype for), in every command, and a resumed run may change it."""
+    import promptmoe.precision as precision
+    from promptmoe.checkpoint import read_checkpoint
+
+    asked = []
+    real = precision.autocast_dtype
+    monkeypatch.setattr(precision, "autocast_dtype", lambda p, d: (asked.append(p), real(p, d))[1])
+
+    def towers_ran_in(argv):
+        asked.clear()
+        assert main([*argv, *CPU]) == 0
+        return set(asked)
+
+    data = tmp_path / "synth"
+    assert main(["make-synthetic", str(data), "--size", "64"]) == 0
+    run = tmp_path / "run"
+    train = ["train", "--data", str(data / "seen"), "--dataset", "synthetic", "--out", str(run),
+             "--preset", "tiny", "--categories", "brick", "--cache", "none"]
+    assert towers_ran_in([*train, "--epochs", "1", "--precision", "fp16"]) == {"fp16"}
+    ckpt = run / "checkpoint.safetensors"
+    assert read_checkpoint(ckpt)[0].precision == "fp16"
+    # resuming with another precision is allowed (the weights do not depend on it) and used
+    assert towers_ran_in([*train, "--epochs", "2", "--resume", "--precision", "bf16"]) == {"bf16"}
+    assert read_checkpoint(ckpt)[0].precision == "bf16"
+    assert len(pd.read_csv(run / "train_log.csv")) == 2 * 3  # 18 images / batch 8, 2 epochs
+    ev = ["eval", "--checkpoint", str(ckpt), "--data", f"synthetic={data / 'unseen'}",
+          "--no-compat", "--overwrite", "--out", str(tmp_path / "e")]
+    assert towers_ran_in([*ev, "--precision", "fp32"]) == {"fp32"}
+    assert towers_ran_in(ev) == {"auto"}  # the command line's default (fp32 on a CPU)
+    pred = ["predict", str(data / "unseen" / "pill" / "test" / "good"), "--checkpoint", str(ckpt),
+            "--out", str(tmp_path / "p")]
+    assert towers_ran_in([*pred, "--precision", "fp16"]) == {"fp16"}
