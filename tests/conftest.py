@@ -5,7 +5,7 @@ model on the default device and fed it CPU tensors passed on a CPU machine and f
 one. ``device`` is the CPU (the claim of most tests does not depend on the device);
 ``each_device`` runs a test on the CPU and, where present, on CUDA: the tests whose claim is
 about the device's numerics (bit-exact training with ``deterministic``, autocast tolerances).
-``pytest -p device_audit tests`` (tests/device_audit.py) makes the package's default device
+``pytest --device-audit tests`` (tests/device_audit.py) makes the package's default device
 ``meta``: a test that still relies on the default fails there.
 """
 import os
@@ -29,10 +29,20 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA)]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device-audit", action="store_true",
+                     help="make the package's default device 'meta' (tests/device_audit.py): a "
+                     "test that does not state its device fails")
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "device_rule: tests of the default-device rule itself (device_audit leaves "
         "the package's default device alone for them)")
+    if config.getoption("--device-audit"):
+        import device_audit
+
+        config.pluginmanager.register(device_audit, "device_audit")
 
 
 @pytest.fixture()

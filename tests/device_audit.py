@@ -1,6 +1,6 @@
-"""Opt-in pytest plugin that finds tests relying on the package's default device.
+"""Opt-in pytest plugin (``--device-audit``) that finds tests relying on the default device.
 
-    HF_HUB_OFFLINE=1 PROMPTMOE_PRESET=tiny python -m pytest -p device_audit tests
+    HF_HUB_OFFLINE=1 PROMPTMOE_PRESET=tiny python -m pytest --device-audit tests
 
 makes :func:`promptmoe.runtime.get_device` answer ``meta`` when no device is given (as it answers
 ``cuda`` on a GPU machine). A test that builds a model, trains or scores without stating its
