@@ -27,14 +27,13 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from torch.utils.data import Subset
 
 from . import distributed
 from .backbone import ImageFeatures
 from .config import PromptMoEConfig
-from .loading import make_loader
+from .loading import batches, make_loader
 from .model import model_device
 
 log = logging.getLogger(__name__)
@@ -188,7 +187,7 @@ class FeatureCache:
         subset = dataset if len(rows) == len(dataset) else Subset(dataset, rows.tolist())
         start = 0
         with make_loader(subset, batch_size, device, num_workers) as loader:  # workers end here
-            for batch in tqdm(loader, desc="caching CLIP features", disable=not progress):
+            for batch in batches(loader, progress, desc="caching CLIP features"):
                 feats = model.backbone.encode_image(batch["image"].to(device, non_blocking=True))
                 at = rows[start:start + len(batch["gt_label"])]
                 for i in range(L):

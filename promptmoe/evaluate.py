@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
 from . import distributed
-from .loading import make_loader
+from .loading import batches, make_loader
 from .metrics import compute_metrics
 from .model import model_device
 from .prompts import BRANCHES
@@ -72,7 +72,7 @@ def predict(model, dataset, batch_size: int = 16, device=None, progress: bool = 
     parts = {k: [] for k in ("scores", "labels", "maps", "masks", "has_mask", "categories", "paths")}
     routing = {b: [] for b in BRANCHES}
     with make_loader(dataset, batch_size, device, num_workers) as loader:  # workers end with it
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for batch in batches(loader, progress, desc=desc, leave=False):
             out = model(batch["image"].to(device, non_blocking=True))
             parts["scores"].append(out["pred_score"].float().cpu().numpy())
             parts["maps"].append(out["anomaly_map"].float().cpu().numpy())

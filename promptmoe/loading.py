@@ -6,15 +6,23 @@ several worker processes decode ahead, and ``pin_memory`` puts batches in page-l
 that the copy to the GPU runs asynchronously. Results never depend on the worker count: the
 datasets have no randomness and the order is given by the sampler (tests/test_loading.py).
 
-Every loader of the package is used as a context manager (``with make_loader(...) as loader:``)
-and its worker processes end when the block ends, also on an error or an early exit
-(:class:`Loader`). torch alone ends them when an epoch runs to its end or when the garbage
-collector frees the iterator, and in a Jupyter kernel neither can be relied on: the traceback
-that IPython keeps after an error holds the iterator, and a progress bar that wraps the loader
-(tqdm's notebook widget refers to itself, so only the cyclic collector frees it) keeps it alive
-until a collection that runs at some later moment, in whichever thread allocates. Worker
-processes and the threads that feed their queues then outlive the call that made them, and the
-next loader forks its workers from a process in which those threads are still closing pipes.
+Worker lifetimes are explicit. On a GPU, chapters 4-6 once printed ``Exception in thread
+QueueFeederThread ... OSError: [Errno 9] Bad file descriptor ... ValueError: semaphore or lock
+released too many times`` into the page. The cause: ``tqdm.auto``'s bar (``tqdm.asyncio``
+underneath) calls ``iter()`` on what it wraps, so ``tqdm(loader)`` made a *second* iterator of
+the loader, which forked its own workers and prefetched batches nobody read; the notebook bar
+refers to itself (a reference cycle), so that iterator was freed only by the cyclic garbage
+collector, at some later moment and in whichever process allocated, often a worker forked for
+the next loader. There its ``__del__`` failed (``can only test a child process``) and its pipes'
+``__del__`` closed file descriptors that the child's own queues had reused, and the child's queue
+thread died on them. On a CPU (no workers) nothing of it shows. Hence:
+
+* :func:`batches` puts a progress bar on a loader without a second iterator;
+* every loader is used as ``with make_loader(...) as loader:`` and its workers end when the
+  block ends, also on an error or an early exit (:class:`Loader`), instead of when a collector
+  frees it (an error's traceback, which a notebook keeps, would otherwise hold it).
+
+tests/test_loading.py shows both, in a Jupyter kernel too.
 """
 from __future__ import annotations
 
@@ -115,6 +123,15 @@ class Loader(DataLoader):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def batches(loader, progress: bool = False, **bar):
+    """Iterate ``loader`` with a tqdm progress bar (``bar``: desc, leave ...) that wraps the
+    iterator, never the loader: wrapping the loader makes tqdm.auto start a second iterator
+    (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iter(loader), total=len(loader), disable=not progress, **bar)
 
 
 def make_loader(dataset, batch_size: int, device, num_workers: Optional[int] = None,

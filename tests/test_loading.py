@@ -9,7 +9,7 @@ import torch
 
 from promptmoe.config import PromptMoEConfig
 from promptmoe.evaluate import evaluate, predict
-from promptmoe.loading import Loader, OrderSampler, default_workers, make_loader
+from promptmoe.loading import Loader, OrderSampler, batches, default_workers, make_loader
 from promptmoe.model import build_model
 from promptmoe.train import train
 from test_train import FixedDataset, _cfg
@@ -80,6 +80,22 @@ def test_uncached_training_does_not_depend_on_the_worker_count(tmp_path, each_de
 
 
 # ----------------------------------------------------------------- worker lifetime
+def test_a_progress_bar_never_starts_a_second_iterator(monkeypatch):
+    """tqdm.auto calls iter() on what it wraps: around a loader that made a second iterator,
+    with its own worker processes (the cause of the tracebacks on a GPU, promptmoe/loading.py)."""
+    from tqdm.auto import tqdm
+
+    made = []
+    real = Loader.__iter__
+    monkeypatch.setattr(Loader, "__iter__", lambda self: (made.append(1), real(self))[1])
+    with make_loader(NamedDataset(4), 2, "cpu", num_workers=0) as loader:
+        paths = [b["image_path"] for b in batches(loader, progress=True, desc="scoring")]
+        assert paths == [["img0.png", "img1.png"], ["img2.png", "img3.png"]] and len(made) == 1
+        made.clear()
+        assert len(list(tqdm(loader, disable=True))) == 2
+        assert len(made) == 2  # what batches() avoids: one iterator more than the loop uses
+
+
 def test_a_loader_left_mid_epoch_ends_its_workers_with_its_block():
     with make_loader(NamedDataset(8), 2, "cpu", num_workers=2,
                      sampler=OrderSampler(range(8))) as loader:
