@@ -163,7 +163,9 @@ def test_a_kernel_shows_no_traceback_from_the_loaders(synth, tmp_path, each_devi
     """As chapters 4-6 run: in a Jupyter kernel, with progress bars (tqdm's notebook widget) and
     worker processes (pinned memory on CUDA), training and evaluation twice, then a garbage
     collection. On an H200 this printed ``Exception in thread QueueFeederThread`` tracebacks
-    into the page; no output may go to stderr, and no cell may fail."""
+    into the page, and so did this test on a CPU before the fix (``can only test a child
+    process``, ``Bad file descriptor``, ``semaphore or lock released too many times``): no output
+    may go to stderr, and no cell may fail."""
     import nbformat
     from nbclient import NotebookClient
 
