@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PromptMoEConfig
+from .config import MICRO_WEIGHTS, PromptMoEConfig
 from .precision import frozen_autocast
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -271,8 +271,9 @@ class _DropRandomInitNotice(logging.Filter):
 
 def uses_quick_gelu(clip_model: str, pretrained: Optional[str]) -> bool:
     """Whether the weights of ``pretrained`` were trained with QuickGELU, from open_clip's
-    pretrained table (True for every OpenAI tag); False for random init or a local file."""
-    if not pretrained:
+    pretrained table (True for every OpenAI tag); False for random init, a local file or the
+    package's own micro weights."""
+    if not pretrained or pretrained == MICRO_WEIGHTS:
         return False
     return bool(open_clip.get_pretrained_cfg(clip_model, pretrained).get("quick_gelu", False))
 
@@ -313,6 +314,8 @@ def create_clip(config: PromptMoEConfig) -> nn.Module:
     it), so open_clip's "QuickGELU mismatch" warning cannot occur. The positional embedding is
     resampled to ``config.image_size`` once here, as ``config.pos_embed_resize`` says.
     """
+    if config.pretrained == MICRO_WEIGHTS:
+        return _create_micro_clip(config)
     quick = uses_quick_gelu(config.clip_model, config.pretrained)
     model_cfg = open_clip.get_model_config(config.clip_model) or {}
     if config.pretrained and model_cfg.get("quick_gelu", False) and not quick:
@@ -342,7 +345,27 @@ def create_clip(config: PromptMoEConfig) -> nn.Module:
         root.removeFilter(quiet)
     if ours:
         resample_positional_embedding(clip.visual, config.image_size, "bilinear")
-    if config.pretrained is None and config.preset != "tiny":
+    if config.pretrained is None and config.preset not in ("tiny", "micro"):
         log.warning("%s has random weights: its outputs show plumbing, not the method",
                     config.clip_model)
+    return clip
+
+
+def _create_micro_clip(config: PromptMoEConfig) -> nn.Module:
+    """The micro CLIP with the weights shipped in the package (no network): chapter 10."""
+    from .microclip.export import load_weights
+
+    if config.clip_model != "promptmoe-micro":
+        raise ValueError(f"pretrained={MICRO_WEIGHTS!r} are weights of 'promptmoe-micro', "
+                         f"not of {config.clip_model!r}")
+    root = logging.getLogger()
+    quiet = _DropRandomInitNotice()  # the weights are loaded right below
+    root.addFilter(quiet)
+    try:
+        clip = open_clip.create_model(config.clip_model, pretrained=None)
+    finally:
+        root.removeFilter(quiet)
+    load_weights(clip)
+    if config.image_size != native_image_size(config.clip_model):
+        resample_positional_embedding(clip.visual, config.image_size, config.pos_embed_resize)
     return clip

@@ -22,9 +22,11 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
+PRESETS = ("paper", "small", "micro", "tiny")  # as promptmoe.config.PRESETS (not imported: --help stays fast)
 EXAMPLES = __doc__.split("A full offline round trip (quick mode)::")[1]
 
 
@@ -117,7 +119,8 @@ def _check_fraction(value: float, what: str) -> float:
 
 
 def _mask_options(args) -> dict:
-    """--mask-threshold / --mask-dir / --mask-suffix as load_dataset / score_images keywords."""
+    """--mask-threshold / --mask-dir / --mask-suffix (and, train and eval, --normal-dir /
+    --abnormal-dir) as load_dataset / score_images keywords."""
     out = {}
     if getattr(args, "mask_threshold", None) is not None:
         t = args.mask_threshold
@@ -130,6 +133,12 @@ def _mask_options(args) -> dict:
         out["mask_dir"] = Path(args.mask_dir).expanduser()
     if getattr(args, "mask_suffix", None) is not None:
         out["mask_suffix"] = args.mask_suffix
+    for key in ("normal_dirs", "abnormal_dirs"):  # train and eval only
+        if getattr(args, key, None):
+            from .data.folder import parse_dir_names
+
+            parse_dir_names(getattr(args, key), f"--{key[:-1].replace('_', '-')}")  # a path on disk: exit 2
+            out[key] = getattr(args, key)
     return out
 
 
@@ -186,14 +195,16 @@ def cmd_train(args) -> int:
     last = result.log.iloc[-1]
     print(f"trained {config.preset} preset on {label}: {config.epochs} epochs, final loss "
           f"{last['total']:.4f}; checkpoint {result.checkpoint}")
-    if config.preset == "tiny":
-        print("note: the tiny preset is a random CLIP; its numbers are plumbing, not results.")
+    if config.preset in ("tiny", "micro"):
+        from .runtime import preset_note
+
+        print(f"note: the {config.preset} preset is a {preset_note(config.preset)}.")
     return 0
 
 
 def cmd_eval(args) -> int:
     from .checkpoint import load_model, read_checkpoint
-    from .data import load_dataset, validate_data_specs
+    from .data import FOLDER_ONLY_OPTIONS, load_dataset, require_labels, validate_data_specs
     from . import distributed
     from .evaluate import evaluate
 
@@ -205,9 +216,11 @@ def cmd_eval(args) -> int:
         raise UsageError(f"{out} holds an earlier report ({', '.join(earlier)}): pass --overwrite "
                          "to replace it, or choose another --out")
     options = _mask_options(args)
-    folder_only = {k: v for k, v in options.items() if k in ("mask_dir", "mask_suffix")}
+    folder_only = {k: v for k, v in options.items() if k in FOLDER_ONLY_OPTIONS}
     if folder_only and not any(s.format == "folder" for s in specs):
-        raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in folder_only)} only apply "
+        flags = [{"normal_dirs": "--normal-dir", "abnormal_dirs": "--abnormal-dir"}.get(k, "--" + k.replace("_", "-"))
+                 for k in folder_only]
+        raise UsageError(f"{', '.join(flags)} only apply "
                          "to folder-format data (e.g. --data mine=folder:DIR)")
     config, _, _ = read_checkpoint(args.checkpoint)
     _check_out(args.out)
@@ -216,6 +229,7 @@ def cmd_eval(args) -> int:
         kw = options if spec.format == "folder" else {k: v for k, v in options.items() if k not in folder_only}
         datasets[spec.label] = load_dataset(spec.format, spec.root, image_size=config.image_size,
                                             label=spec.label, **kw)
+        require_labels(datasets[spec.label], "evaluation")
     device = args.device or (distributed.local_device() if distributed.info() else None)
     model, meta = load_model(args.checkpoint, device=device)
     if args.precision:
@@ -243,7 +257,8 @@ def cmd_predict(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     options = _mask_options(args)
-    collect_inputs(args.input)  # names the input that does not exist or holds no image
+    # names the input that does not exist or holds no image (masks by the same rule as scoring)
+    collect_inputs(args.input, **{k: v for k, v in options.items() if k in ("mask_dir", "mask_suffix")})
     _check_out(args.out)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, device=args.device)
@@ -272,6 +287,17 @@ def _add_mask_options(p, folder: bool = True) -> None:
         p.add_argument("--mask-suffix", dest="mask_suffix", default=None,
                        help="folder format: suffix of masks beside their images (default _mask, "
                        "i.e. <stem>_mask.png)")
+
+
+def _add_label_options(p) -> None:
+    """--normal-dir / --abnormal-dir (train, eval): which folders of the folder format are which."""
+    p.add_argument("--normal-dir", dest="normal_dirs", action="append", default=None, metavar="NAME",
+                   help="folder format: a folder of normal images, by name at any depth, case ignored "
+                   "(repeatable; replaces the default good, normal, ok); every other folder is "
+                   "anomalous, e.g. --normal-dir MT_Free (eval: for every folder-format --data set)")
+    p.add_argument("--abnormal-dir", dest="abnormal_dirs", action="append", default=None,
+                   metavar="NAME", help="folder format: a folder of defective images (repeatable); "
+                   "once given, folders named by neither flag are left out, with a warning")
 
 
 def _speed_flags(p: argparse.ArgumentParser) -> None:
@@ -309,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--categories", nargs="*", default=None, help="only these categories")
     t.add_argument("--split", default="test", help="split to train on (the paper uses test)")
     t.add_argument("--out", required=True, help="output folder for checkpoint and log")
-    t.add_argument("--preset", choices=("paper", "small", "tiny"), default=None)
+    t.add_argument("--preset", choices=PRESETS, default=None)
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -333,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
     _add_mask_options(t)
+    _add_label_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot evaluation on one or more datasets",
@@ -350,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
     _add_mask_options(e)
+    _add_label_options(e)
     _speed_flags(e)
     e.set_defaults(func=cmd_eval)
 
@@ -358,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "at each image's original size.")
     r.add_argument("input", nargs="+", help="image files, folders of images, or glob patterns")
     r.add_argument("--checkpoint", default=None, help="trained checkpoint (else untrained prompts)")
-    r.add_argument("--preset", choices=("paper", "small", "tiny"), default=None,
+    r.add_argument("--preset", choices=PRESETS, default=None,
                    help="preset when no checkpoint is given")
     r.add_argument("--threshold", type=float, default=0.5,
                    help="label an image anomalous when its score is above this (in [0, 1])")
@@ -371,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mask_options(r)
     _speed_flags(r)
     r.set_defaults(func=cmd_predict)
+    from .microclip.command import add_parser as add_pretrain_micro
+
+    add_pretrain_micro(sub)
     return p
 
 
@@ -381,6 +412,19 @@ def _print_error(command: str, err: BaseException) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
+def _one_line_warnings(command: str):
+    """warnings.formatwarning that prints the package's own warnings as one line each
+    (``promptmoe eval: warning: ...``) instead of file:line plus a source line; others as before."""
+    default, package = warnings.formatwarning, str(Path(__file__).resolve().parent) + os.sep
+
+    def fmt(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"promptmoe {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return fmt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
@@ -388,7 +432,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from . import distributed
 
+    saved_format = warnings.formatwarning
     try:
+        warnings.formatwarning = _one_line_warnings(args.command)
         # joins the process group under torchrun (--nproc_per_node > 1); --device cpu: gloo
         distributed.setup(getattr(args, "device", None))
         return args.func(args)
@@ -401,6 +447,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _print_error(args.command, err)
         return 1
     finally:
+        warnings.formatwarning = saved_format
         distributed.cleanup()
 
 

@@ -7,7 +7,10 @@ Presets (REFERENCE.md D1):
 
 * ``paper()``: open_clip ViT-L-14-336 with OpenAI weights at 518 px, blocks 6/12/18/24.
 * ``small()``: ViT-B-16 OpenAI at 224 px, blocks 3/6/9/12, for a CPU with internet.
-* ``tiny()``: a random-init CLIP registered by this package, for offline tests and CI only.
+* ``micro()``: a 64-px CLIP *pretrained by this project* on synthetic region twins (chapter 10),
+  weights shipped in the package: the offline stand-in whose zero-shot maps find defects on
+  categories it never saw. Its numbers are never results of the paper's setting.
+* ``tiny()``: a random-init CLIP registered by this package, for fast unit tests.
   Numbers it produces are plumbing, never results of the method.
 """
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 PROMPT_MODES = ("static", "ensemble", "vgmop")
-PRESETS = ("paper", "small", "tiny")
+PRESETS = ("paper", "small", "micro", "tiny")
+MICRO_WEIGHTS = "synthetic-twins"  # the micro preset's pretrained tag: weights shipped in the package
 POS_EMBED_RESIZES = ("bicubic", "bilinear")
 LAYER_MAP_REDUCES = ("mean", "sum")
 
@@ -101,6 +105,14 @@ class PromptMoEConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
+    def micro(cls, **overrides) -> "PromptMoEConfig":
+        """The micro CLIP pretrained on synthetic region twins (shipped, offline), 64 px."""
+        base = dict(preset="micro", clip_model="promptmoe-micro", pretrained=MICRO_WEIGHTS,
+                    image_size=64, layers=(1, 2, 3, 4), n_heads=4, router_hidden=64, epochs=4,
+                    warmup_epochs=1, batch_size=8, sigma=1.0)
+        return cls(**{**base, **overrides})
+
+    @classmethod
     def tiny(cls, **overrides) -> "PromptMoEConfig":
         """Random-init tiny CLIP registered in this package: offline tests and CI only."""
         base = dict(preset="tiny", clip_model="promptmoe-tiny", pretrained=None, image_size=64,
@@ -110,7 +122,7 @@ class PromptMoEConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PromptMoEConfig":
-        """Build a preset by name ("paper", "small" or "tiny")."""
+        """Build a preset by name ("paper", "small", "micro" or "tiny")."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
         return getattr(cls, name)(**overrides)

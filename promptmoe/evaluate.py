@@ -265,6 +265,10 @@ def _markdown(df: pd.DataFrame, title: str, label: Mapping[str, str]) -> str:
     if label.get("preset") == "tiny":
         note = ("\n> Quick mode: the tiny preset is a random CLIP; these numbers show that the code "
                 "runs, not what the method achieves.\n")
+    elif label.get("preset") == "micro":
+        note = ("\n> Quick mode: the micro preset is a small CLIP pretrained by this project on "
+                "synthetic images (book chapter 10), an offline stand-in; these numbers are not "
+                "results of the paper's setting.\n")
     shown = df.copy()
     for col in shown.columns:  # undefined metrics print as "-", never as a number
         if pd.api.types.is_float_dtype(shown[col]):

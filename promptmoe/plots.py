@@ -22,7 +22,6 @@ import seaborn as sns
 from .paper import PRO_COMPAT, PRO_OFFICIAL, PRO_PAPER
 
 LOSS_TERMS = ("total", "focal", "dice", "bce", "balance", "decouple")
-TINY_NOTE = "random CLIP, quick mode \u2014 plumbing, not a result"
 BRANCHES = ("normal", "abnormal")
 # The book's content column shows about 7 inches of a 100-dpi figure at 1280 px without shrinking
 # it much, so 9-point text stays >= 9 points on the page (tools/check_pages.py looks at the page).
@@ -40,8 +39,11 @@ def fit(width: float, height: float, column: float = COLUMN_INCHES) -> Tuple[flo
 
 
 def run_label(preset: str, data: str) -> str:
-    """Which preset and data produced a figure; the tiny preset is marked as plumbing."""
-    note = f" ({TINY_NOTE})" if preset == "tiny" else ""
+    """Which preset and data produced a figure; offline presets say what they are (tiny:
+    plumbing; micro: a stand-in CLIP pretrained by this project)."""
+    from .runtime import preset_note
+
+    note = f" ({preset_note(preset)})" if preset_note(preset) else ""
     return f"this run: preset={preset}{note}, data={data}"
 
 

@@ -63,13 +63,14 @@ def _records(inputs: Inputs, mask_dir=None, mask_suffix: Optional[str] = None) -
     return out
 
 
-def collect_inputs(inputs: Inputs) -> List[Path]:
-    """Every image named by ``inputs`` (files, folders, globs), in order, each once.
+def collect_inputs(inputs: Inputs, mask_dir=None, mask_suffix: Optional[str] = None) -> List[Path]:
+    """Every image named by ``inputs`` (files, folders, globs), in order, each once (``mask_dir`` and
+    ``mask_suffix`` as in :func:`score_images`: files that are masks are not inputs).
 
     Raises:
         DatasetError naming the input that does not exist, is not an image, or holds no image.
     """
-    return [Path(r.image_path) for _, r in _records(inputs)]
+    return [Path(r.image_path) for _, r in _records(inputs, mask_dir, mask_suffix)]
 
 
 def image_dataset(path: Inputs, image_size: int, mask_threshold: Optional[float] = None,

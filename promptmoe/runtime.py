@@ -2,7 +2,9 @@
 
 Taught in chapter 1. Chapters call :func:`default_preset` and never hard-code a preset:
 ``PROMPTMOE_PRESET`` wins; otherwise a GPU gives ``paper``, a CPU that can reach (or has cached)
-the OpenAI weights gives ``small``, and an offline CPU gives ``tiny`` (quick mode).
+the OpenAI weights gives ``small``, and an offline CPU gives ``micro`` (quick mode: the micro CLIP
+this project pretrained on synthetic images, shipped in the package; ``tiny``, a random CLIP, is
+for fast unit tests).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def _weights_reachable(host: str = "huggingface.co", timeout: float = 1.5) -> bo
 
 
 def default_preset() -> str:
-    """Preset for this machine: environment first, then GPU -> paper, online CPU -> small, else tiny."""
+    """Preset for this machine: environment first, then GPU -> paper, online CPU -> small, else micro."""
     env = os.environ.get(PRESET_ENV, "").strip().lower()
     if env:
         if env not in PRESETS:
@@ -38,12 +40,27 @@ def default_preset() -> str:
         return env
     if torch.cuda.is_available():
         return "paper"
-    return "small" if _weights_reachable() else "tiny"
+    return "small" if _weights_reachable() else "micro"
+
+
+# What the numbers of an offline preset are, said wherever they are shown (plots, reports, CLI).
+PRESET_NOTES = {
+    "micro": "micro CLIP pretrained by this project on synthetic images: an offline stand-in, "
+             "not the paper's setting",
+    "tiny": "random CLIP, quick mode — plumbing, not a result",
+}
+
+
+def preset_note(preset: str) -> str:
+    """One line on what a preset's numbers are ("" for the paper's backbones)."""
+    return PRESET_NOTES.get(preset, "")
 
 
 def is_quick(preset: str) -> bool:
-    """Quick mode = the tiny random CLIP on synthetic data: plumbing, not results."""
-    return preset == "tiny"
+    """Quick mode = an offline CLIP (micro, or the random tiny) on synthetic data, in minutes on a
+    CPU: the method at work on a stand-in backbone (micro) or plumbing (tiny), never the paper's
+    numbers."""
+    return preset in ("micro", "tiny")
 
 
 def get_device(device=None, verbose: bool = False) -> torch.device:

@@ -36,6 +36,7 @@ from .cache import CACHE_MODES, FeatureCache, choose_cache  # noqa: F401 (Featur
 from .checkpoint import (RESUMABLE_CHANGES, CheckpointError, atomic_write, config_differences,
                          load_into, load_optimizer, read_checkpoint, save_checkpoint)
 from .config import PromptMoEConfig
+from .data import require_labels
 from . import distributed
 from .loading import ChunkBatchSampler, OrderSampler, make_loader
 from .losses import total_loss
@@ -226,6 +227,7 @@ def _train(config, dataset, out_dir, resume, device, cache_features, cache_limit
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
     _check_masks(dataset)
+    require_labels(dataset, "training")  # an image directly in a folder root has no label (-1)
     model = (model or build_model(config, device=device)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)

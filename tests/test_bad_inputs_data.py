@@ -139,7 +139,7 @@ def test_folder_several_categories_each_with_good(tmp_path):
 
 def test_magnetic_tile_layout_masks_share_the_stem(tmp_path):
     root = tmp_path / "MT_Blowhole" / "Imgs"
-    save(tmp_path / "good" / "f.jpg")  # (the real MT_Free/ must be renamed good/: any other name is a defect)
+    save(tmp_path / "good" / "f.jpg")  # the real MT_Free/ is named with normal_dirs: tests/test_folder_names.py
     for stem, (w, h) in (("exp1_num_1", (217, 191)), ("exp1_num_2", (333, 517))):
         save(root / f"{stem}.jpg", size=(w, h)), save(root / f"{stem}.png", block(h, w))
     with pytest.raises(DatasetError, match=r"exp1_num_1.jpg and .*exp1_num_1.png share a stem; .*--mask-suffix .png"):
@@ -180,7 +180,9 @@ def _meta(tmp_path, content):
 def test_meta_json_accepts_the_file_itself(tmp_path):
     entry = {"img_path": "img/a.png", "mask_path": "", "cls_name": "x", "specie_name": "good", "anomaly": 0}
     path = _meta(tmp_path, {"test": {"x": [entry]}})
-    assert [r.image_path for r in load_dataset("meta_json", path, 8, verbose=False).records] == [str(tmp_path / "img/a.png")]
+    with pytest.warns(UserWarning, match=r"meta_json: 0 anomalous images \(1 labelled\)"):
+        ds = load_dataset("meta_json", path, 8, verbose=False)
+    assert [r.image_path for r in ds.records] == [str(tmp_path / "img/a.png")]
 
 
 @pytest.mark.parametrize("content,message", [
@@ -240,10 +242,13 @@ def test_palette_mask_uses_colours_so_dark_classes_count(tmp_path):
 def test_dataset_passes_mask_threshold_through(tmp_path):
     save(tmp_path / "r" / "good" / "g.png"), save(tmp_path / "r" / "bad" / "b.png")
     save(tmp_path / "r" / "bad" / "b_mask.png", block(value=100))
-    ds = load_dataset("folder", tmp_path / "r", 16, verbose=False, mask_threshold=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # under threshold 50 the mask is not empty: no hint
+        ds = load_dataset("folder", tmp_path / "r", 16, verbose=False, mask_threshold=50)
     assert [r.gt_label for r in ds.records] == [1, 0] and ds[0]["gt_mask"].sum() == 16
     assert ds.subset("r")[0]["gt_mask"].sum() == 16  # a category subset keeps the threshold
-    assert load_dataset("folder", tmp_path / "r", 16, verbose=False)[0]["gt_mask"].sum() == 0
+    with pytest.warns(UserWarning, match=r"all 1 masks in bad/ are empty"):  # the > 127 rule: empty
+        assert load_dataset("folder", tmp_path / "r", 16, verbose=False)[0]["gt_mask"].sum() == 0
 
 
 # ---------------------------------------------------------------- images
@@ -306,7 +311,8 @@ def test_mean_over_categories_says_how_many_were_defined():
 def test_all_zero_mask_on_anomalous_image_warned_by_check(tmp_path):
     save(tmp_path / "r" / "good" / "g.png"), save(tmp_path / "r" / "bad" / "b.png")
     save(tmp_path / "r" / "bad" / "b_mask.png", block(value=100))  # faint: empty under the > 127 rule
-    ds = load_dataset("folder", tmp_path / "r", 16, verbose=False)
+    with pytest.warns(UserWarning, match=r"r: all 1 masks in bad/ are empty, .*pass --normal-dir good --normal-dir bad"):
+        ds = load_dataset("folder", tmp_path / "r", 16, verbose=False, label="r")
     with pytest.warns(UserWarning, match=r"r: 1 anomalous image\(s\) have an all-zero mask .*b_mask.png"):
         assert ds.check() == 2
 

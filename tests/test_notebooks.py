@@ -28,7 +28,7 @@ def test_every_chapter_in_the_toc_exists_and_every_notebook_is_listed():
     listed = {str(Path(f)) for f in TOC_FILES}
     for nb in NOTEBOOKS:
         assert str(nb.relative_to(ROOT).with_suffix("")) in listed, f"{nb.name} is not in _toc.yml"
-    assert len(NOTEBOOKS) == 8
+    assert len(NOTEBOOKS) == 9
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

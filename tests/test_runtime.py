@@ -15,11 +15,14 @@ def test_preset_from_environment(monkeypatch):
         runtime.default_preset()
 
 
-def test_offline_cpu_gives_tiny(monkeypatch):
+def test_offline_cpu_gives_micro(monkeypatch):
     monkeypatch.delenv("PROMPTMOE_PRESET", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert runtime.default_preset() == "tiny" and runtime.is_quick("tiny")
+    assert runtime.default_preset() == "micro" and runtime.is_quick("micro")
+    assert runtime.is_quick("tiny") and not runtime.is_quick("small")
+    assert "pretrained by this project" in runtime.preset_note("micro")
+    assert runtime.preset_note("paper") == ""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert runtime.default_preset() == "paper"
 

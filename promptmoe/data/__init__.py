@@ -9,7 +9,9 @@ turns those records into an :class:`AnomalyDataset`::
 
 A reader names a set on the command line as ``NAME=ROOT`` (NAME is both the format and the label)
 or ``LABEL=FORMAT:ROOT`` (``mine=folder:~/photos``); :func:`parse_data_spec` reads one such spec
-and :func:`validate_data_specs` a list of them, before any model is built.
+and :func:`validate_data_specs` a list of them, before any model is built. ``load_dataset`` says
+in one line (a warning, after the counts) when a set has no normal or no anomalous images, with the
+fix; :func:`require_labels` refuses images without a label before training or evaluation.
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ def expected_counts_line(name: str, ds: AnomalyDataset) -> Optional[str]:
 
 
 IMAGE_LEVEL_FORMATS = frozenset({"headct", "brainmri", "br35h"})  # no masks by design: no warning
-FOLDER_ONLY_OPTIONS = ("mask_dir", "mask_suffix")
+FOLDER_ONLY_OPTIONS = ("mask_dir", "mask_suffix", "normal_dirs", "abnormal_dirs")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -177,6 +179,8 @@ def load_dataset(
     mask_threshold: Optional[float] = None,
     mask_dir: Union[None, str, Path] = None,
     mask_suffix: Optional[str] = None,
+    normal_dirs: Union[None, str, Sequence[str]] = None,
+    abnormal_dirs: Union[None, str, Sequence[str]] = None,
     original_size: bool = False,
     verbose: bool = True,
     label: Optional[str] = None,
@@ -193,12 +197,19 @@ def load_dataset(
             ``> 0``, else ``> 127`` for 8-bit); a number = foreground is raw value > it.
         mask_dir, mask_suffix: ``folder`` format only: an extra mask folder, and the suffix of masks
             stored beside their images (default ``_mask``).
+        normal_dirs, abnormal_dirs: ``folder`` format only: the names of the normal folders
+            (default ``good``, ``normal``, ``ok``; names given replace them) and of the defect
+            folders (default: every other folder), matched at any depth, case ignored
+            (``normal_dirs=["MT_Free"]``); see :mod:`promptmoe.data.folder`.
         original_size: also return each image's (H, W).
         verbose: print the per-category table and the comparison with the paper's counts.
         label: the reader's name for the set (report rows); default ``name``.
 
     Warns:
-        UserWarning naming the anomalous images that have no mask and where masks were sought.
+        UserWarning naming the anomalous images that have no mask and where masks were sought;
+        one line when the set has no normal or no anomalous images (or, folder format, a folder
+        whose masks are all empty), with the fix (``--normal-dir``); folder format: the folders
+        named by neither ``normal_dirs`` nor ``abnormal_dirs`` (left out).
 
     Raises:
         DatasetError: unknown name, missing or empty root, unknown categories, or no images found;
@@ -210,7 +221,8 @@ def load_dataset(
 
         image_size = PromptMoEConfig.paper().image_size
     root = Path(root).expanduser()
-    extra = {k: v for k, v in (("mask_dir", mask_dir), ("mask_suffix", mask_suffix)) if v is not None}
+    extra = {k: v for k, v in (("mask_dir", mask_dir), ("mask_suffix", mask_suffix), ("normal_dirs", normal_dirs),
+                               ("abnormal_dirs", abnormal_dirs)) if v is not None}
     if extra and name != "folder":
         raise DatasetError(f"{name}: {' and '.join(extra)} only apply to the folder format")
     if mask_threshold is not None and not (0 <= float(mask_threshold) < 65535):
@@ -226,13 +238,42 @@ def load_dataset(
         raise DatasetError(f"{name}: no {split} images found under {root}.\n{_layout_hint(fmt)}")
     ds = AnomalyDataset(records, image_size, name=label or name, original_size=original_size,
                         mask_threshold=mask_threshold)
-    _warn_missing_masks(label or name, name, ds, root, **extra)
+    masks = {k: v for k, v in extra.items() if k in ("mask_dir", "mask_suffix")}
+    _warn_missing_masks(label or name, name, ds, root, **masks)
     if verbose:
         print(ds.summary())
         line = expected_counts_line(name, ds) if categories is None and split == "test" else None
         if line:
             print(line)
+    if split == "test":  # a train split may hold normal images only (MVTec AD's does)
+        from ._folder_hints import count_hints, label_hints
+
+        if name == "folder":
+            hints = label_hints(label or name, records, root, split, mask_dir, normal_dirs, abnormal_dirs,
+                                mask_threshold)
+        else:  # the paper's sets are checked against their known counts (ISIC etc. are all anomalous)
+            hints = [] if getattr(fmt, "EXPECTED_COUNTS", None) else count_hints(label or name, records)
+        for hint in hints:
+            warnings.warn(hint, UserWarning, stacklevel=2)
     return ds
+
+
+def require_labels(ds, task: str) -> None:
+    """DatasetError naming the images without a label (directly in a folder root) before ``task``.
+
+    Such images can be scored (``promptmoe predict``), not trained on or evaluated: a label comes
+    from the folder an image lies in. Objects without ``records`` are let through.
+    """
+    loose = [r.image_path for r in getattr(ds, "records", []) if r.gt_label not in (0, 1)]
+    if not loose:
+        return
+    shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+    masks = ", with a mask each (<stem>_mask.png beside it, --mask-suffix, --mask-dir)" if task == "training" else ""
+    raise DatasetError(
+        f"{getattr(ds, 'name', 'data')}: {len(loose)} of {len(ds)} images have no label ({shown}): they lie "
+        f"directly in the data root, and {task} needs each image in a folder that says its label: "
+        f"ROOT/good/ (or a folder named by --normal-dir) for normal images, any other folder (or "
+        f"--abnormal-dir) for defects{masks}; promptmoe predict scores unlabelled images")
 
 
 def load_spec(spec: Union[str, DataSpec], image_size: Optional[int] = None, **options) -> AnomalyDataset:
@@ -245,5 +286,5 @@ __all__ = [
     "CLIP_MEAN", "CLIP_STD", "CLASS_ID_MAX", "IMAGE_EXTENSIONS", "AnomalyDataset", "DatasetError", "SampleRecord",
     "DataSpec", "parse_data_spec", "validate_data_specs", "load_spec", "mask_foreground",
     "DATASETS", "DISPLAY_NAMES", "PAPER_DATASETS", "get_format", "load_dataset", "load_image", "load_mask",
-    "pair_by_stem", "resize_mask", "expected_counts_line",
+    "pair_by_stem", "resize_mask", "expected_counts_line", "require_labels",
 ]

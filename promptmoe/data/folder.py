@@ -3,13 +3,21 @@
 Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datasets) and used by
 ``promptmoe predict``. Rules:
 
-* labels come from folder names, at any depth below the category folder: an image with a
-  ``good`` / ``normal`` / ``ok`` folder on its path -> 0; an image in any other subfolder
-  (``scratch/``, ``bad/crack/`` ...) -> 1; an image directly in the category folder has **no
-  label** (``gt_label = -1``): it can be scored and visualised, not evaluated;
-* categories: when subfolders of the root each hold a ``good`` (``normal`` / ``ok``) folder, each
-  such subfolder is a category (``root/bottle/good``, ``root/bottle/crack`` ...); otherwise the
-  root is the one category, named after it. A ``test/`` (``split``) folder is stepped into;
+* labels come from folder names, at any depth below the category folder, case ignored: an image
+  with a *normal* folder on its path -> 0; an image in any other subfolder (``scratch/``,
+  ``bad/crack/`` ...) -> 1; an image directly in the category folder has **no label**
+  (``gt_label = -1``): it can be scored and visualised, not evaluated or trained on;
+* normal folders are ``good`` / ``normal`` / ``ok`` unless ``normal_dirs`` names others
+  (``["MT_Free"]``, ``["no"]``): the names given *replace* the defaults, and every other folder is
+  then anomalous. ``abnormal_dirs`` names the defect folders: once given, an image under a
+  folder named by neither rule is **left out**, and the folders left out are listed in a warning.
+  A name may be a path inside the data (``MT_Free/Imgs``: those folders, consecutive, anywhere
+  below the category folder; a trailing ``/`` is ignored); an absolute path or ``..`` is refused.
+  An image under both a normal and an abnormal folder is an error (only with ``abnormal_dirs``;
+  by default a normal folder wins, as in ``bad/good/``);
+* categories: when subfolders of the root each hold a normal folder, each such subfolder is a
+  category (``root/bottle/good``, ``root/bottle/crack`` ...); otherwise the root is the one
+  category, named after it. A ``test/`` (``split``) folder is stepped into;
 * masks, optional, are found for each non-normal image, first match wins:
   1. *beside* the image: ``<stem>_mask.<ext>`` in the same folder (``mask_suffix`` changes
      ``_mask``); such files are masks, never images. A ``mask_suffix`` that starts with a dot
@@ -19,12 +27,19 @@ Taught in chapter 1 (the data section) and chapter 6 (evaluation on all 15 datas
   3. in ``<category>/masks/`` or ``<category>/ground_truth/`` (subfolder, then flat), by stem
      (``a.png`` <- ``masks/a.png`` or ``masks/a_mask.png``).
   Normal images never get a mask. :func:`where_masks_looked` says where a missing mask was sought.
+
+``_folder_hints.label_hints`` (called by ``load_dataset``) says in one line when a set has no normal or no
+anomalous images, or a defect folder whose masks are all empty (probably the normal one), and how to
+fix it with ``--normal-dir``.
 """
 from __future__ import annotations
 
+import re
+import warnings
+from collections import Counter
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .base import (
     DatasetError, PathLike, SampleRecord, is_image_file, list_images, select_categories,
@@ -38,12 +53,14 @@ MASK_DIRS = ("masks", "ground_truth")  # inside a category: never read as images
 MASK_SUFFIX = "_mask"
 LAYOUT = """\
 my_images/                          <- root; its name becomes the category
-  good/a.png ...                     normal (also: normal/, ok/; any depth)  optional
-  scratch/b.png ...                  anomalous (any other folder, e.g. bad/crack/)  optional
+  good/a.png ...                     normal (also: normal/, ok/; any depth; or --normal-dir NAME)
+  scratch/b.png ...                  anomalous (any other folder, e.g. bad/crack/; or --abnormal-dir)
   scratch/b_mask.png ...             mask beside its image (<stem>_mask.*)   optional
   c.png ...                          label unknown (-1): predict only
   masks/b.png ...                    or masks in masks/ (or masks/scratch/, ground_truth/), by stem
-or several categories:  my_images/{bottle,cable}/{good,crack}/...  (each with good/, normal/ or ok/)
+or several categories:  my_images/{bottle,cable}/{good,crack}/...  (each with a normal folder)
+or named folders, e.g. Magnetic-tile: MT_Free/Imgs/x.jpg + x.png, MT_Crack/Imgs/...
+                        --normal-dir MT_Free --mask-suffix .png
 or masks anywhere else: --mask-dir DIR (matched by stem, also DIR/<subfolder>/)"""
 
 
@@ -51,11 +68,84 @@ def _dirs(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _category_dirs(root: Path, skip: Sequence[Path]) -> List[Path]:
+Names = Tuple[Tuple[str, ...], ...]  # folder-name paths, lower case: (("mt_free",), ("a", "imgs"))
+
+
+def parse_dir_names(names: Union[None, str, Path, Iterable[Union[str, Path]]], what: str) -> Optional[Names]:
+    """``normal_dirs`` / ``abnormal_dirs`` as lower-case name paths; None stays None (the default).
+
+    A single string is one name (not its letters). ``MT_Free/`` and ``MT_Free/Imgs`` are fine (a
+    path inside the data); an absolute path, ``~`` or ``..`` is a DatasetError naming ``what``.
+    """
+    if names is None:
+        return None
+    if isinstance(names, (str, Path)):
+        names = [names]
+    out = []
+    for name in names:
+        raw = str(name).strip()
+        parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or raw.startswith(("/", "~", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", raw):
+            last = parts[-1] if parts and parts[-1] != ".." else "MT_Free"
+            raise DatasetError(f"{what} {raw!r}: give a folder's name as it appears under the data root "
+                               f"(e.g. {last}) or a path inside it (MT_Free/Imgs), not a path on disk; "
+                               "it is matched at any depth, case ignored")
+        out.append(tuple(p.lower() for p in parts))
+    return tuple(dict.fromkeys(out))
+
+
+def _shown(names: Names) -> str:
+    return ", ".join("/".join(n) for n in names)
+
+
+def _contains(parts: Sequence[str], name: Tuple[str, ...]) -> bool:
+    k = len(name)
+    return any(tuple(parts[i:i + k]) == name for i in range(len(parts) - k + 1))
+
+
+class LabelRule(NamedTuple):
+    """Which folders hold normal and which anomalous images (see the module docstring)."""
+
+    normal: Names = tuple((n,) for n in NORMAL_DIRS)
+    abnormal: Optional[Names] = None  # None: every folder that is not normal
+    normal_given: bool = False  # the reader named the normal folders (the defaults were replaced)
+
+    @classmethod
+    def from_names(cls, normal_dirs=None, abnormal_dirs=None) -> "LabelRule":
+        normal = parse_dir_names(normal_dirs, "normal_dirs (--normal-dir)")
+        abnormal = parse_dir_names(abnormal_dirs, "abnormal_dirs (--abnormal-dir)")
+        return cls(normal or cls._field_defaults["normal"], abnormal or None, bool(normal))  # [] = default
+
+    def label(self, img: Path, rel_dirs: Sequence[str]) -> Optional[int]:
+        """0 normal, 1 anomalous, -1 no folder (loose in the category folder), None named by neither."""
+        if not rel_dirs:
+            return -1
+        parts = [d.lower() for d in rel_dirs]
+        normal = [n for n in self.normal if _contains(parts, n)]
+        if self.abnormal is None:
+            return 0 if normal else 1
+        abnormal = [n for n in self.abnormal if _contains(parts, n)]
+        if normal and abnormal:
+            raise DatasetError(f"folder: {img} lies under a normal folder ({_shown(normal)}) and an abnormal "
+                               f"one ({_shown(abnormal)}); name folders that do not contain each other")
+        return 0 if normal else 1 if abnormal else None
+
+
+def _category_dirs(root: Path, skip: Sequence[Path], rule: LabelRule = LabelRule()) -> List[Path]:
     """Subfolders of ``root`` that each hold a normal folder; [root] when there are none."""
+    firsts = {n[0] for n in rule.normal}
     cats = [d for d in _dirs(root) if d.name not in MASK_DIRS and d not in skip
-            and any(s.name.lower() in NORMAL_DIRS for s in _dirs(d))]
+            and any(s.name.lower() in firsts for s in _dirs(d))]
     return cats or [root]
+
+
+def _layout(root: Path, split: str, skip: Sequence[Path], rule: LabelRule):
+    """(outer folder above ``split/`` or None, the folder searched, {category: its folder})."""
+    outer = None
+    if (root / split).is_dir():
+        outer, root = root, root / split
+    cats = {(outer.name if d == root and outer is not None else d.name): d for d in _category_dirs(root, skip, rule)}
+    return outer, root, cats
 
 
 def _is_ext_rule(suffix: str) -> bool:
@@ -95,12 +185,6 @@ def _images_under(cat_dir: Path, suffix: str, skip: Sequence[Path]) -> List[Path
             out.append(p)
     _refuse_shared_stems(out)
     return sorted(out, key=lambda p: (len(p.relative_to(cat_dir).parts) > 1, p))  # loose images first
-
-
-def _label(rel_dirs: Sequence[str]) -> int:
-    if not rel_dirs:
-        return -1
-    return 0 if any(d.lower() in NORMAL_DIRS for d in rel_dirs) else 1
 
 
 class _MaskIndex:
@@ -168,7 +252,8 @@ def where_masks_looked(root: PathLike, mask_dir: Optional[PathLike] = None, mask
 
 
 def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, split: str = "test",
-                 mask_dir: Optional[PathLike] = None, mask_suffix: Optional[str] = None) -> List[SampleRecord]:
+                 mask_dir: Optional[PathLike] = None, mask_suffix: Optional[str] = None,
+                 normal_dirs=None, abnormal_dirs=None) -> List[SampleRecord]:
     """Every image under ``root`` (any depth, mask folders excluded) with labels and masks by the rules above.
 
     Args:
@@ -178,22 +263,36 @@ def find_samples(root: PathLike, categories: Optional[Iterable[str]] = None, spl
         mask_dir: an extra folder holding masks, matched by stem (also at the image's subfolder).
         mask_suffix: the beside-the-image mask rule's suffix (default ``_mask``; ``""`` turns it off;
             ``".png"``: same stem, that extension).
+        normal_dirs: names of the normal folders (default ``good``, ``normal``, ``ok``), replacing
+            the defaults; a string is one name.
+        abnormal_dirs: names of the defect folders (default: every folder that is not normal).
+
+    Warns:
+        UserWarning listing the folders left out because neither rule names them.
     """
     root = Path(root)
+    rule = LabelRule.from_names(normal_dirs, abnormal_dirs)
     suffix = MASK_SUFFIX if mask_suffix is None else mask_suffix
     mask_dir = Path(mask_dir).expanduser() if mask_dir is not None else None
     if mask_dir is not None and not mask_dir.is_dir():
         raise DatasetError(f"folder: mask_dir {mask_dir} is not a directory")
-    outer = None
-    if (root / split).is_dir():
-        outer, root = root, root / split
     skip = [mask_dir] if mask_dir is not None else []
-    cat_dirs = {(outer.name if d == root and outer is not None else d.name): d for d in _category_dirs(root, skip)}
-    records, index = [], _MaskIndex()
+    outer, root, cat_dirs = _layout(root, split, skip, rule)
+    records, index, left_out = [], _MaskIndex(), Counter()
     for cat in select_categories(categories, sorted(cat_dirs), NAME, root):
         cat_dir = cat_dirs[cat]
         for img in _images_under(cat_dir, suffix, skip):
-            label = _label(img.parent.relative_to(cat_dir).parts)
+            rel = img.parent.relative_to(cat_dir)
+            label = rule.label(img, rel.parts)
+            if label is None:
+                left_out[str(img.parent.relative_to(root))] += 1
+                continue
             mask = None if label == 0 else _find_mask(img, cat_dir, suffix, mask_dir, index, outer)
             records.append(SampleRecord(str(img), mask, label, cat, NAME))
+    if left_out:
+        shown = ", ".join(f"{d}/ ({n})" for d, n in sorted(left_out.items())[:8])
+        more = f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
+        warnings.warn(f"{root}: left out {sum(left_out.values())} images in folders named by neither "
+                      f"--normal-dir ({_shown(rule.normal)}) nor --abnormal-dir ({_shown(rule.abnormal)}): "
+                      f"{shown}{more}; name them in one of the two to use them", UserWarning, stacklevel=2)
     return records
