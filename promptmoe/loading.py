@@ -12,10 +12,11 @@ released too many times`` into the page. The cause: ``tqdm.auto``'s bar (``tqdm.
 underneath) calls ``iter()`` on what it wraps, so ``tqdm(loader)`` made a *second* iterator of
 the loader, which forked its own workers and prefetched batches nobody read; the notebook bar
 refers to itself (a reference cycle), so that iterator was freed only by the cyclic garbage
-collector, at some later moment and in whichever process allocated, often a worker forked for
-the next loader. There its ``__del__`` failed (``can only test a child process``) and its pipes'
-``__del__`` closed file descriptors that the child's own queues had reused, and the child's queue
-thread died on them. On a CPU (no workers) nothing of it shows. Hence:
+collector, at some later moment. Worker processes forked for later loaders inherited it
+uncollected; when the collector ran in one of them, its ``__del__`` failed there (``can only
+test a child process``), its pipes' ``__del__`` closed file descriptors that the child's own
+queues had reused, and the child's queue thread died on them (reproduced on a CPU in a kernel
+with two workers; without workers nothing of it shows). Hence:
 
 * :func:`batches` puts a progress bar on a loader without a second iterator;
 * every loader is used as ``with make_loader(...) as loader:`` and its workers end when the
