@@ -3,6 +3,8 @@
 #   make test   set up .venv, then run the unit tests and the notebooks (pytest + nbval)
 #   make book-check   after make book: open every page in headless Chromium (network blocked) and
 #                     fail on raw TeX, broken links, warnings in outputs, code wider than the column
+#   make gpu-check    on a machine with a CUDA GPU (< 8 min): throughputs, the CLI, every chapter
+#                     with its wall time and clean outputs, the test suite -> _build/gpu_check/
 # Everything runs offline: HF_HUB_OFFLINE stops open_clip from trying to reach the hub.
 
 VENV   ?= .venv
@@ -12,7 +14,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 QUICK  := HF_HUB_OFFLINE=1 PROMPTMOE_PRESET=$${PROMPTMOE_PRESET:-tiny}
 
-.PHONY: setup test unit notebooks book book-check clean
+.PHONY: setup test unit notebooks book book-check gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +39,9 @@ book: setup
 
 book-check: setup
 	$(PY) tools/check_pages.py _build/html --widths 1280 1920
+
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --out _build/gpu_check
 
 clean:
 	rm -rf _build .pytest_cache

@@ -32,14 +32,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from torch.utils.data import Subset
 
 from . import distributed
 from .backbone import ImageFeatures
 from .config import PromptMoEConfig
-from .loading import make_loader
+from .loading import batches, make_loader
+from .model import model_device
 
 log = logging.getLogger(__name__)
 CACHE_MODES = ("memory", "disk", "none")
@@ -147,7 +147,8 @@ class FeatureCache:
     Args:
         model: the PromptMoE whose backbone computes the features.
         dataset: items with ``image``, ``gt_mask``, ``gt_label``.
-        batch_size, device, num_workers: how the images are run through the tower.
+        batch_size, num_workers: how the images are run through the tower.
+        device: where the model's weights are (None: read from the model; another is an error).
         dtype: storage type (float32 or float16; train() uses float16 on a GPU).
         where: "memory" or "disk"; folder: the disk cache's folder.
     Attributes:
@@ -156,7 +157,7 @@ class FeatureCache:
         layers: the blocks held; key: :func:`feature_key` of the model; data: :func:`data_digest`.
     """
 
-    def __init__(self, model, dataset, batch_size: int, device, dtype=torch.float32,
+    def __init__(self, model, dataset, batch_size: int, device=None, dtype=torch.float32,
                  num_workers: int = 0, progress: bool = True, where: str = "memory",
                  folder=None):
         if where not in ("memory", "disk"):
@@ -165,7 +166,7 @@ class FeatureCache:
             raise ValueError(f"cache dtype {dtype}: use torch.float32 or torch.float16")
         if where == "disk" and folder is None:
             raise ValueError("a disk cache needs a folder")
-        device = torch.device(device)
+        device = model_device(model, device)
         n, S = len(dataset), model.config.image_size
         h, w = model.backbone.grid_size
         T, D, L = h * w + 1, model.backbone.embed_dim, len(model.config.layers)
@@ -231,17 +232,17 @@ class FeatureCache:
     def _fill(arrays, rows, model, dataset, batch_size, device, num_workers, progress, L):
         """Encode the images ``rows`` of ``dataset`` and write them at those rows."""
         subset = dataset if len(rows) == len(dataset) else Subset(dataset, rows.tolist())
-        loader = make_loader(subset, batch_size, device, num_workers)
         start = 0
-        for batch in tqdm(loader, desc="caching CLIP features", disable=not progress):
-            feats = model.backbone.encode_image(batch["image"].to(device, non_blocking=True))
-            at = rows[start:start + len(batch["gt_label"])]
-            for i in range(L):
-                arrays[f"layer{i}"][at] = feats.layer_tokens[i].to("cpu", arrays["global"].dtype)
-            arrays["global"][at] = feats.global_feature.to("cpu", arrays["global"].dtype)
-            arrays["masks"][at] = batch["gt_mask"].to(torch.uint8)
-            arrays["labels"][at] = batch["gt_label"]
-            start += len(at)
+        with make_loader(subset, batch_size, device, num_workers) as loader:  # workers end here
+            for batch in batches(loader, progress, desc="caching CLIP features"):
+                feats = model.backbone.encode_image(batch["image"].to(device, non_blocking=True))
+                at = rows[start:start + len(batch["gt_label"])]
+                for i in range(L):
+                    arrays[f"layer{i}"][at] = feats.layer_tokens[i].to("cpu", arrays["global"].dtype)
+                arrays["global"][at] = feats.global_feature.to("cpu", arrays["global"].dtype)
+                arrays["masks"][at] = batch["gt_mask"].to(torch.uint8)
+                arrays["labels"][at] = batch["gt_label"]
+                start += len(at)
 
     @staticmethod
     def estimate_gb(config: PromptMoEConfig, n_images: int, grid: int, dim: int, bytes_per: int = 4) -> float:

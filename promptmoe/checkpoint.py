@@ -18,8 +18,9 @@ from safetensors.torch import save_file
 from .config import PromptMoEConfig
 
 FORMAT = "promptmoe-checkpoint-v1"
-# fields that may differ when resuming (more epochs, another seed for a new run is not resuming)
-RESUMABLE_CHANGES = ("epochs", "precision")
+# fields that may differ when resuming (more epochs, another precision or determinism; another
+# seed for a new run is not resuming)
+RESUMABLE_CHANGES = ("epochs", "precision", "deterministic")
 
 
 class CheckpointError(ValueError):

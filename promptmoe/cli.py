@@ -168,6 +168,12 @@ def cmd_train(args) -> int:
     for field in ("epochs", "batch_size", "lr", "seed", "precision"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
+    if args.deterministic:
+        changes["deterministic"] = True
+    if changes.get("deterministic"):  # cuBLAS reads it at its first matmul: before any GPU work
+        from .precision import CUBLAS_DETERMINISTIC, CUBLAS_ENV
+
+        os.environ.setdefault(CUBLAS_ENV, CUBLAS_DETERMINISTIC)
     config = _config(_preset(args.preset), changes)
     _check_out(args.out)
     ds = load_dataset(args.dataset, args.data, image_size=config.image_size,
@@ -337,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set top_k=2 prompt_mode=static 'layers=[24]'")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    t.add_argument("--deterministic", action="store_true",
+                   help="bit-reproducible training on a GPU (deterministic kernels, slower); a "
+                   "CPU is deterministic anyway")
     t.add_argument("--no-cache", action="store_true", help="recompute CLIP features every epoch")
     t.add_argument("--cache-limit-gb", dest="cache_limit_gb", type=float, default=4.0,
                    help="with --cache auto, keep the frozen CLIP features in memory when they need "
@@ -430,7 +439,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     saved_format = warnings.formatwarning
     try:
         warnings.formatwarning = _one_line_warnings(args.command)
-        distributed.setup()  # joins the process group under torchrun (--nproc_per_node > 1)
+        # joins the process group under torchrun (--nproc_per_node > 1); --device cpu: gloo
+        distributed.setup(getattr(args, "device", None))
         return args.func(args)
     except (DatasetError, CheckpointError, ValueError, OSError) as err:
         # no traceback: one error line naming the value or file at fault (then, for data, the

@@ -82,6 +82,9 @@ class PromptMoEConfig:
     # without bf16, + TF32; CPU: fp32; the CLI's default) | "bf16" | "fp16" autocast; the
     # trainable parts and the loss always run in fp32
     precision: str = "fp32"
+    # GPU training bit-reproducible (deterministic kernels, a fixed cuBLAS workspace; slower):
+    # same seed and data, same weights to the bit. A CPU is deterministic without it
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(x) for x in self.layers)

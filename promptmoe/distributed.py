@@ -19,7 +19,9 @@ DistributedDataParallel split of the loss over processes would not.
 
 Evaluation is sharded: each process scores every world-th image of a category and the
 predictions are gathered in dataset order; only process 0 writes files and prints.
-Backends: NCCL for CUDA tensors plus gloo for CPU tensors on GPUs, gloo alone on CPUs.
+Backends: NCCL for CUDA tensors plus gloo for CPU tensors on GPUs, gloo alone on CPUs, on a GPU
+machine run with ``--device cpu``, or when ``PROMPTMOE_DIST_BACKEND=gloo`` says so (processes on
+the CPU, e.g. two processes on a one-GPU machine: NCCL needs a GPU per process).
 """
 from __future__ import annotations
 
@@ -40,18 +42,36 @@ class DistInfo:
     local_rank: int
 
 
-def setup() -> Optional[DistInfo]:
-    """Join the torchrun process group when launched by torchrun with >1 process, else None."""
+BACKEND_ENV = "PROMPTMOE_DIST_BACKEND"
+BACKENDS = ("gloo", "cuda:nccl,cpu:gloo")
+
+
+def backend(device=None) -> str:
+    """The process-group backend: ``$PROMPTMOE_DIST_BACKEND`` when set, else gloo for a CPU
+    ``device`` or a machine without a GPU, else NCCL for CUDA tensors and gloo for CPU ones."""
+    chosen = os.environ.get(BACKEND_ENV, "").strip()
+    if chosen:
+        if chosen not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={chosen!r}: choose one of {BACKENDS}")
+        return chosen
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type == "cpu"):
+        return "gloo"
+    return "cuda:nccl,cpu:gloo"
+
+
+def setup(device=None) -> Optional[DistInfo]:
+    """Join the torchrun process group when launched by torchrun with >1 process, else None.
+
+    ``device``: the command's ``--device`` (a CPU device chooses gloo, see :func:`backend`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        if torch.cuda.is_available():
+        chosen = backend(device)
+        if "nccl" in chosen:
             torch.cuda.set_device(local_rank)
-            dist.init_process_group("cuda:nccl,cpu:gloo")
-        else:
-            dist.init_process_group("gloo")
+        dist.init_process_group(chosen)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -76,8 +96,8 @@ def barrier() -> None:
 
 
 def local_device() -> torch.device:
-    """This process's GPU (cuda:LOCAL_RANK), or the CPU."""
-    if torch.cuda.is_available():
+    """This process's GPU (cuda:LOCAL_RANK) under NCCL, else the CPU."""
+    if "nccl" in backend():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 

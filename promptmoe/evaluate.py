@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
 from . import distributed
-from .loading import make_loader
+from .loading import batches, make_loader
 from .metrics import compute_metrics
+from .model import model_device
 from .prompts import BRANCHES
 
 METRIC_COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "au_pro", "pro_compat")
@@ -61,28 +62,29 @@ def predict(model, dataset, batch_size: int = 16, device=None, progress: bool = 
             num_workers: Optional[int] = None, desc: str = "scoring") -> Predictions:
     """Run the model (eval mode: smoothed maps) over a dataset.
 
-    ``num_workers``: loader processes (None: :func:`~promptmoe.loading.default_workers`)."""
-    device = device or next(model.parameters()).device
+    ``device``: where the model's weights are (None: read from the model; another device is an
+    error). ``num_workers``: loader processes (None: :func:`~promptmoe.loading.default_workers`)."""
+    device = model_device(model, device)
     model.eval()
     d = distributed.info()
     if d is not None:  # under torchrun: score every world-th image here, gather in order
         return _sharded_predict(model, dataset, d, batch_size=batch_size, device=device,
                                 progress=progress and d.rank == 0, num_workers=num_workers,
                                 desc=desc)
-    loader = make_loader(dataset, batch_size, device, num_workers)
     parts = {k: [] for k in ("scores", "labels", "maps", "masks", "has_mask", "categories", "paths")}
     routing = {b: [] for b in BRANCHES}
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        out = model(batch["image"].to(device, non_blocking=True))
-        parts["scores"].append(out["pred_score"].float().cpu().numpy())
-        parts["maps"].append(out["anomaly_map"].float().cpu().numpy())
-        parts["labels"].append(batch["gt_label"].numpy())
-        parts["masks"].append(batch["gt_mask"].numpy() > 0.5)
-        parts["has_mask"].append(batch["has_mask"].numpy())
-        parts["categories"] += list(batch["category"])
-        parts["paths"] += list(batch["image_path"])
-        for b, r in out["routing"].items():
-            routing[b].append(r.dense_weights().float().cpu().numpy())
+    with make_loader(dataset, batch_size, device, num_workers) as loader:  # workers end with it
+        for batch in batches(loader, progress, desc=desc, leave=False):
+            out = model(batch["image"].to(device, non_blocking=True))
+            parts["scores"].append(out["pred_score"].float().cpu().numpy())
+            parts["maps"].append(out["anomaly_map"].float().cpu().numpy())
+            parts["labels"].append(batch["gt_label"].numpy())
+            parts["masks"].append(batch["gt_mask"].numpy() > 0.5)
+            parts["has_mask"].append(batch["has_mask"].numpy())
+            parts["categories"] += list(batch["category"])
+            parts["paths"] += list(batch["image_path"])
+            for b, r in out["routing"].items():
+                routing[b].append(r.dense_weights().float().cpu().numpy())
     cat = {k: (np.concatenate(v) if k not in ("categories", "paths") else v) for k, v in parts.items()}
     return Predictions(routing={b: np.concatenate(v) for b, v in routing.items() if v}, **cat)
 

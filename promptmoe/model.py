@@ -50,6 +50,53 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
     return x[:, 0]
 
 
+def interpolation_matrix(n_out: int, n_in: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation with ``align_corners=False``, as
+    ``F.interpolate`` computes them: output i reads the input at (i + 0.5) n_in / n_out - 0.5
+    (clamped at 0), mixing its two neighbours."""
+    src = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5)
+    src = src.clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)  # (n_out,)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = src - lo
+    m = torch.zeros(n_out, n_in, device=device, dtype=torch.float64)
+    rows = torch.arange(n_out, device=device)
+    m.index_put_((rows, lo), 1 - frac, accumulate=True)
+    m.index_put_((rows, hi), frac, accumulate=True)
+    return m.to(dtype)
+
+
+def _deterministic_cuda(x: torch.Tensor) -> bool:
+    """True where F.interpolate's bilinear backward would raise: deterministic mode, a GPU, grad."""
+    return x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled()
+
+
+def upsample_bilinear(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` of (B, C, h, w) maps.
+
+    In deterministic mode on a GPU (``config.deterministic``) torch has no deterministic kernel
+    for that op's backward and raises; there the same interpolation runs as two matmuls with
+    :func:`interpolation_matrix` (A_H x A_W^T), whose backward is deterministic. The two agree
+    to float rounding (tests/test_model.py)."""
+    if not _deterministic_cuda(x):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    a_h = interpolation_matrix(size[0], x.shape[-2], x.device, x.dtype)  # (H, h)
+    a_w = interpolation_matrix(size[1], x.shape[-1], x.device, x.dtype)  # (W, w)
+    return a_h @ x @ a_w.T  # (H, h) x (B, C, h, w) x (w, W) -> (B, C, H, W)
+
+
+def model_device(model: nn.Module, device=None) -> torch.device:
+    """The device of ``model``'s weights. A different ``device`` is an error naming both: CPU
+    inputs for CUDA weights (or the reverse) would fail later, less clearly."""
+    own = next(model.parameters()).device
+    if device is not None and torch.device(device) != own:
+        want = torch.device(device)
+        if not (want.type == own.type and want.index is None):  # "cuda" means cuda:0 etc.
+            raise ValueError(f"device={str(want)!r} but the model's weights are on {own}: move "
+                             f"the model (model.to({str(want)!r})) or leave device unset")
+    return own
+
+
 class PromptMoE(nn.Module):
     """The full model. Only the prompt learner and Q_ctx are trainable.
 
@@ -145,7 +192,7 @@ class PromptMoE(nn.Module):
             patches = F.normalize(tokens[:, 1:], dim=-1)  # (B, HW, D)
             logits = patches @ text[:, l].transpose(1, 2) / cfg.tau  # (B, HW, D) x (B, D, 2) -> (B, HW, 2)
             prob = logits.softmax(dim=-1)[..., 1].view(B, 1, h, w)  # abnormal probability
-            maps.append(F.interpolate(prob, size=S, mode="bilinear", align_corners=False)[:, 0])
+            maps.append(upsample_bilinear(prob, S)[:, 0])  # (B, H, W)
         layer_maps = torch.stack(maps, dim=1)  # (B, L, H, W)
         if cfg.layer_map_reduce == "sum" and not self.training:  # Eq. 6 as printed (D4, D9)
             anomaly_map = layer_maps.sum(dim=1)  # (B, H, W) in [0, L]

@@ -18,6 +18,7 @@ first ``warmup_epochs``, then ``lr``; batch 16; no augmentation; seeded.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -40,6 +41,7 @@ from . import distributed
 from .loading import ChunkBatchSampler, OrderSampler, make_loader
 from .losses import total_loss
 from .model import TINY_CLIP_SEED, PromptMoE, build_model
+from .precision import autocast_dtype, deterministic
 from .runtime import get_device
 
 LOG_COLUMNS = ("step", "epoch", "lr", "total", "focal", "dice", "bce", "balance", "decouple")
@@ -142,8 +144,9 @@ def _build_cache(model, dataset, config, device, mode, limit_gb, folder, num_wor
     mode = {True: "memory", False: "none"}.get(mode, mode)
     if mode not in CACHE_MODES + ("auto",):
         raise ValueError(f"cache_features={mode!r}; choose auto, memory, disk or none")
-    # float16 halves the cache on a GPU; a CPU keeps float32 (no conversions, exact features)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    # a tower run in half precision (precision auto/bf16/fp16 on a GPU) gets a float16 cache: half
+    # the memory, and the tower's own rounding is coarser; a float32 tower keeps exact features
+    dtype = torch.float16 if autocast_dtype(config.precision, device) is not None else torch.float32
     if mode == "auto":
         h, w = model.backbone.grid_size
         gb = FeatureCache.estimate_gb(config, len(dataset), h * w, model.backbone.embed_dim,
@@ -204,7 +207,18 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
         model: an already built model (tests); by default :func:`~promptmoe.model.build_model`.
         cache_dir: folder of a disk cache (default ``out_dir/feature_cache``); a complete cache
             of the same model and data found there is reused (e.g. when resuming).
+
+    With ``config.deterministic`` the whole run uses deterministic GPU kernels
+    (:func:`promptmoe.precision.deterministic`); the process's settings come back afterwards.
+    Data-loader workers end when this returns, also on an error (promptmoe/loading.py).
     """
+    with deterministic(config.deterministic):
+        return _train(config, dataset, out_dir, resume, device, cache_features, cache_limit_gb,
+                      num_workers, progress, train_data, model, cache_dir)
+
+
+def _train(config, dataset, out_dir, resume, device, cache_features, cache_limit_gb,
+           num_workers, progress, train_data, model, cache_dir) -> TrainResult:
     out_dir = Path(out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
     device = get_device(device)
@@ -240,14 +254,16 @@ def train(config: PromptMoEConfig, dataset, out_dir, resume: bool = False, devic
                              Path(cache_dir) if cache_dir else out_dir / CACHE_DIR_NAME,
                              num_workers, progress)
     sampler = OrderSampler(range(n)) if dist_info is None else ChunkBatchSampler()
-    loader = None
-    if cache is None:
-        kw = {"sampler": sampler} if dist_info is None else {"batch_sampler": sampler}
-        loader = make_loader(dataset, config.batch_size, device, num_workers, **kw)
     model.train()
     new_log = not log_path.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (open(log_path, "a", newline="") if main else open(os.devnull, "w")) as fh:
+    with contextlib.ExitStack() as scope:
+        loader = None
+        if cache is None:  # persistent workers serve every epoch and end with this block
+            kw = {"sampler": sampler} if dist_info is None else {"batch_sampler": sampler}
+            loader = scope.enter_context(make_loader(dataset, config.batch_size, device,
+                                                     num_workers, **kw))
+        fh = scope.enter_context(open(log_path, "a", newline="") if main else open(os.devnull, "w"))
         writer = csv.writer(fh)
         if new_log:
             writer.writerow(LOG_COLUMNS)

@@ -89,7 +89,8 @@ def _counting_train(monkeypatch):
 
     def counted(config, dataset, out_dir, resume=False, **kw):
         calls.append((config, resume))
-        return real(config, dataset, out_dir, resume=resume, **kw)
+        # the test states its device: on a GPU machine the default would be CUDA
+        return real(config, dataset, out_dir, resume=resume, **{"device": "cpu", **kw})
 
     monkeypatch.setattr(ablation, "train", counted)
     return calls

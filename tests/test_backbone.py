@@ -130,3 +130,42 @@ def test_block_with_vv_equals_open_clip_block_and_separate_vv(tiny_backbone):
         torch.testing.assert_close(vv, _manual_vv(block, x), atol=1e-5, rtol=1e-4)
         assert not torch.allclose(vv, block.attn(block.ln_1(x), block.ln_1(x), block.ln_1(x))[0],
                                   atol=1e-3)  # V-V differs from q-k attention
+
+
+def _reference_features(visual, images, layers, first_vv):
+    """Hand-written: the original path throughout; from block ``first_vv`` on a V-V path that
+    starts from the original path's input there and adds only V-V attention (no MLP)."""
+    x, y, out = visual._embeds(images), None, {}
+    for idx, block in enumerate(visual.transformer.resblocks, start=1):
+        if idx >= first_vv:
+            y = (x if y is None else y) + _manual_vv(block, x)
+        x = block(x)
+        if idx in layers:
+            out[idx] = visual.ln_post(y if y is not None else x) @ visual.proj  # (B, HW+1, D)
+    return [out[i] for i in layers]
+
+
+def _table4_and_more():
+    from promptmoe import ablation
+
+    rows = [(name, c.layers, c.vv_start) for name, c in
+            ablation.configs_for(4, PromptMoEConfig.tiny()).items()]
+    # vv_start after some of the feature blocks: those come from the original path
+    return rows + [("V-V from block 3", (1, 2, 3, 4), 3), ("V-V from block 2", (4,), 2)]
+
+
+@pytest.mark.parametrize("name, layers, vv_start", _table4_and_more(),
+                         ids=[r[0] for r in _table4_and_more()])
+def test_every_table4_row_matches_the_hand_written_vv_path(tiny_backbone, images, name, layers,
+                                                           vv_start):
+    cfg = PromptMoEConfig.tiny(layers=layers, vv_start=vv_start)
+    if name.startswith("{"):  # a Table 4 row: the V-V path starts where the base model's does
+        assert cfg.first_vv_block == 1
+    feats = FrozenCLIP(cfg, clip=tiny_backbone.clip).encode_image(images)
+    expected = _reference_features(tiny_backbone.clip.visual, images, layers, cfg.first_vv_block)
+    for block, ours, ref in zip(layers, feats.layer_tokens, expected):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4,
+                                   msg=lambda m, b=block: f"block {b}: {m}")
+    if min(layers) > cfg.first_vv_block:  # not vacuous: the start of the V-V path matters
+        late = FrozenCLIP(cfg.replace(vv_start=min(layers)), clip=tiny_backbone.clip)
+        assert (late.encode_image(images).layer_tokens[0] - feats.layer_tokens[0]).abs().max() > 1e-3

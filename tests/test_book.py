@@ -37,6 +37,7 @@ def test_data_locations_and_missing_datasets(monkeypatch, tmp_path, capsys):
     assert list(book.fresh_dir("x").iterdir()) == []
 
 
+@pytest.mark.device_rule
 def test_chapter_setup_follows_the_device_rule(monkeypatch, capsys):
     monkeypatch.setenv("PROMPTMOE_PRESET", "tiny")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -45,6 +46,38 @@ def test_chapter_setup_follows_the_device_rule(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert book.chapter_setup().device == torch.device("cpu")
     assert "device: cpu" in capsys.readouterr().out
+
+
+@pytest.mark.device_rule
+def test_chapters_run_the_towers_in_autocast_on_a_gpu_and_fp32_on_a_cpu(monkeypatch, capsys):
+    monkeypatch.setenv("PROMPTMOE_PRESET", "tiny")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ch = book.chapter_setup()
+    assert ch.config.precision == "auto"  # the CLI's default: bf16 (fp16 on a T4) autocast
+    assert "precision of the frozen CLIP towers: auto" in capsys.readouterr().out
+    # a chapter that checks hand-written float32 code against the package asks for fp32
+    assert book.chapter_setup(precision="fp32").config.precision == "fp32"
+    assert book.chapter_setup(device="cpu").config.precision == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    ch = book.chapter_setup()
+    assert ch.config.precision == "fp32" and ch.config == book.PromptMoEConfig.tiny()  # unchanged
+    assert "precision" not in capsys.readouterr().out  # CPU output as before
+
+
+def test_chapters_that_compare_float32_code_ask_for_fp32():
+    """Chapters 2 and 3 check hand-written float32 code against the package to 1e-5, chapter 10
+    its held-out numbers against the shipped manifest's (computed in fp32): on a GPU their towers
+    must not run in autocast."""
+    import json
+    from pathlib import Path
+
+    book_dir = Path(__file__).resolve().parents[1] / "book"
+    for name in ("02_clip_features.ipynb", "03_prompts.ipynb", "10_micro_clip.ipynb"):
+        cells = json.loads((book_dir / name).read_text())["cells"]
+        setup = next("".join(c["source"]) for c in cells if "chapter_setup(" in "".join(c["source"])
+                     and c["cell_type"] == "code" and "ch = " in "".join(c["source"]))
+        assert 'precision="fp32"' in setup, name
 
 
 def test_colab_data_root_env_override_and_drive_runs(monkeypatch, tmp_path):

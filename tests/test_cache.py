@@ -26,15 +26,15 @@ def test_choose_cache_memory_disk_or_none(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_disk_cache_holds_the_memory_cache_values(tmp_path, dtype):
-    model = build_model(PromptMoEConfig.tiny()).eval()
+def test_disk_cache_holds_the_memory_cache_values(tmp_path, dtype, device):
+    model = build_model(PromptMoEConfig.tiny(), device=device).eval()
     ds = FixedDataset(6)
-    mem = FeatureCache(model, ds, 4, "cpu", dtype=dtype, progress=False)
-    disk = FeatureCache(model, ds, 4, "cpu", dtype=dtype, progress=False, where="disk",
+    mem = FeatureCache(model, ds, 4, dtype=dtype, progress=False)  # on the model's device
+    disk = FeatureCache(model, ds, 4, dtype=dtype, progress=False, where="disk",
                         folder=tmp_path / "c")
     assert disk.features.layer_tokens[0].dtype == dtype
     idx = torch.tensor([5, 0, 3])
-    (fm, mm, lm), (fd, md, ld) = mem.batch(idx, "cpu"), disk.batch(idx, "cpu")
+    (fm, mm, lm), (fd, md, ld) = mem.batch(idx, device), disk.batch(idx, device)
     for a, b in zip(fm.layer_tokens + [fm.global_feature], fd.layer_tokens + [fd.global_feature]):
         assert a.dtype == torch.float32 and torch.equal(a, b)
     assert torch.equal(mm, md) and torch.equal(lm, ld)
@@ -45,40 +45,51 @@ def test_disk_cache_holds_the_memory_cache_values(tmp_path, dtype):
     assert json.loads((tmp_path / "c" / "cache.json").read_text())["n"] == 6
 
 
-def test_disk_cache_trains_the_same_weights_as_the_memory_cache(tmp_path):
-    a = train(_cfg(), FixedDataset(), tmp_path / "a", cache_features="memory", progress=False)
-    b = train(_cfg(), FixedDataset(), tmp_path / "b", cache_features="disk", progress=False)
+def test_cache_takes_its_device_from_the_model(device):
+    model = build_model(PromptMoEConfig.tiny(), device=device).eval()
+    with pytest.raises(ValueError, match="device='meta' but the model's weights are on cpu"):
+        FeatureCache(model, FixedDataset(2), 2, "meta", progress=False)
+    assert FeatureCache(model, FixedDataset(2), 2, "cpu", progress=False).labels.tolist() == [0, 1]
+
+
+def test_disk_cache_trains_the_same_weights_as_the_memory_cache(tmp_path, each_device):
+    # the two caches hold the same values; deterministic kernels make CUDA bit-exact too
+    kw = dict(progress=False, device=each_device)
+    a = train(_cfg(deterministic=True), FixedDataset(), tmp_path / "a", cache_features="memory", **kw)
+    b = train(_cfg(deterministic=True), FixedDataset(), tmp_path / "b", cache_features="disk", **kw)
     assert (tmp_path / "b" / CACHE_DIR_NAME / "layer0.bin").exists()
     for k, v in a.model.trainable_state_dict().items():
         assert torch.equal(v, b.model.trainable_state_dict()[k]), k
 
 
-def test_resume_reuses_a_complete_disk_cache(tmp_path, monkeypatch):
+def test_resume_reuses_a_complete_disk_cache(tmp_path, monkeypatch, device):
     full = train(_cfg(epochs=2), FixedDataset(), tmp_path / "full", cache_features="disk",
-                 progress=False)
-    train(_cfg(epochs=1), FixedDataset(), tmp_path / "r", cache_features="disk", progress=False)
+                 progress=False, device=device)
+    train(_cfg(epochs=1), FixedDataset(), tmp_path / "r", cache_features="disk", progress=False,
+          device=device)
 
     def no_recompute(*args, **kwargs):
         raise AssertionError("the complete cache should have been reused")
 
     monkeypatch.setattr(FeatureCache, "_fill", staticmethod(no_recompute))
     res = train(_cfg(epochs=2), FixedDataset(), tmp_path / "r", resume=True,
-                cache_features="disk", progress=False)
+                cache_features="disk", progress=False, device=device)
     for k, v in full.model.trainable_state_dict().items():
         assert torch.equal(v, res.model.trainable_state_dict()[k]), k
     # another dataset in the same folder does not match the fingerprint: it is recomputed
     with pytest.raises(AssertionError, match="reused"):
         train(_cfg(epochs=1), FixedDataset(6), tmp_path / "other", cache_features="disk",
-              cache_dir=tmp_path / "r" / CACHE_DIR_NAME, progress=False)
+              cache_dir=tmp_path / "r" / CACHE_DIR_NAME, progress=False, device=device)
 
 
-def test_bad_cache_mode_is_named():
+def test_bad_cache_mode_is_named(tmp_path, device):
     with pytest.raises(ValueError, match="cache_features='ram'"):
-        train(_cfg(), FixedDataset(), "/tmp/unused-promptmoe", cache_features="ram", progress=False)
+        train(_cfg(), FixedDataset(), tmp_path, cache_features="ram", progress=False, device=device)
 
 
-def test_auto_says_what_it_chose_and_why(tmp_path, capsys):
-    train(_cfg(epochs=1), FixedDataset(), tmp_path / "a", cache_features="auto", progress=True)
+def test_auto_says_what_it_chose_and_why(tmp_path, capsys, device):
+    train(_cfg(epochs=1), FixedDataset(), tmp_path / "a", cache_features="auto", progress=True,
+          device=device)
     out = capsys.readouterr().out
     assert "feature cache: memory (the feature cache needs 0.00 GB: it fits in memory" in out
 

@@ -15,20 +15,24 @@ def test_help_works_as_a_program():
         assert cmd in out.stdout
 
 
+CPU = ["--device", "cpu"]  # the tests state their device (on a GPU machine the default is CUDA)
+
+
 def test_offline_round_trip(tmp_path, capsys):
     data = tmp_path / "synth"
     assert main(["make-synthetic", str(data), "--size", "64"]) == 0
     run = tmp_path / "run"
     assert main(["train", "--data", str(data / "seen"), "--dataset", "synthetic", "--out", str(run),
-                 "--preset", "tiny", "--epochs", "1", "--categories", "brick", "nut"]) == 0
+                 "--preset", "tiny", "--epochs", "1", "--categories", "brick", "nut", *CPU]) == 0
     ckpt = run / "checkpoint.safetensors"
     assert ckpt.exists() and len(pd.read_csv(run / "train_log.csv")) == 5  # 36 images / batch 8
     assert main(["eval", "--checkpoint", str(ckpt), "--data", f"synthetic={data / 'unseen'}",
-                 "--out", str(tmp_path / "eval"), "--no-compat"]) == 0
+                 "--out", str(tmp_path / "eval"), "--no-compat", *CPU]) == 0
     per_cat = pd.read_csv(tmp_path / "eval" / "per_category.csv")
     assert len(per_cat) == 6 and per_cat.image_auroc.between(0, 1).all()
     folder = data / "unseen" / "pill" / "test"
-    assert main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "pred")]) == 0
+    assert main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "pred"),
+                 *CPU]) == 0
     scores = pd.read_csv(tmp_path / "pred" / "scores.csv")
     assert len(scores) == 18 and scores.pred_score.between(0, 1).all()
     assert all((tmp_path / "pred" / name).exists() for name in scores.overlay)
@@ -44,18 +48,21 @@ def test_predict_without_checkpoint_says_untrained(tmp_path, capsys):
     import numpy as np
     img = tmp_path / "one.png"
     Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype("uint8")).save(img)
-    assert main(["predict", str(img), "--preset", "tiny", "--out", str(tmp_path / "p")]) == 0
+    assert main(["predict", str(img), "--preset", "tiny", "--out", str(tmp_path / "p"), *CPU]) == 0
     assert "UNTRAINED" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["eval", "--checkpoint", "nope.safetensors", "--data", "synthetic=x", "--out", "o"], "does not exist"),
-    (["train", "--data", "/nonexistent", "--out", "o", "--preset", "tiny"], "/nonexistent"),
-    (["predict", "/nonexistent.png", "--preset", "tiny"], "does not exist"),
-    (["train", "--data", ".", "--out", "o", "--preset", "tiny", "--set", "top_k"], "key=value"),
+    (["eval", "--checkpoint", "nope.safetensors", "--data", "synthetic=x", "--out", "{t}/o"],
+     "does not exist"),
+    (["train", "--data", "/nonexistent", "--out", "{t}/o", "--preset", "tiny"], "/nonexistent"),
+    (["predict", "/nonexistent.png", "--preset", "tiny", "--out", "{t}/p"], "does not exist"),
+    (["train", "--data", ".", "--out", "{t}/o", "--preset", "tiny", "--set", "top_k"], "key=value"),
 ])
-def test_errors_exit_non_zero_with_a_message(argv, message, capsys):
-    assert main(argv) == 2
+def test_errors_exit_non_zero_with_a_message(argv, message, capsys, tmp_path):
+    # --out under tmp_path: `train` makes its --out folder before it reads the data ("./o" was
+    # left in the working tree)
+    assert main([a.replace("{t}", str(tmp_path)) for a in argv]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -96,6 +103,7 @@ def tiny_checkpoint(tmp_path):
                            meta={"clip_seed": 0, "train_data": "test"})
 
 
+@pytest.mark.device_rule
 def test_eval_and_predict_pick_cuda_when_available(fake_cuda, tiny_checkpoint, tmp_path, monkeypatch):
     import types
 
@@ -115,9 +123,10 @@ def test_eval_and_predict_pick_cuda_when_available(fake_cuda, tiny_checkpoint, t
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", f"synthetic={tmp_path}",
                  "--out", str(tmp_path / "e")]) == 0
     assert fake_cuda.moves[-1].type == "cuda" and used
-    assert main(["predict", str(photos), "--checkpoint", str(tiny_checkpoint)]) == 0
+    pred = ["--out", str(tmp_path / "predictions")]  # the default ./predictions: not in the tree
+    assert main(["predict", str(photos), "--checkpoint", str(tiny_checkpoint), *pred]) == 0
     assert fake_cuda.moves[-1].type == "cuda"
-    assert main(["predict", str(photos), "--preset", "tiny"]) == 0  # untrained: build_model
+    assert main(["predict", str(photos), "--preset", "tiny", *pred]) == 0  # untrained: build_model
     assert fake_cuda.moves[-1].type == "cuda"
     # --device overrides the rule
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", f"synthetic={tmp_path}",
@@ -125,6 +134,7 @@ def test_eval_and_predict_pick_cuda_when_available(fake_cuda, tiny_checkpoint, t
     assert fake_cuda.moves[-1].type == "cpu"
 
 
+@pytest.mark.device_rule
 def test_library_entry_points_pick_cuda_when_available(fake_cuda, tiny_checkpoint):
     from promptmoe.checkpoint import load_model
     from promptmoe.config import PromptMoEConfig
@@ -146,8 +156,45 @@ def test_speed_flags_parse_for_train_eval_and_predict():
                       "--workers", "3", "--precision", "bf16"])
     assert (t.cache, t.cache_dir, t.workers, t.precision) == ("disk", "c", 3, "bf16")
     t = p.parse_args(["train", "--data", "d", "--out", "o"])
-    assert (t.cache, t.workers, t.precision) == ("auto", None, "auto")
+    assert (t.cache, t.workers, t.precision, t.deterministic) == ("auto", None, "auto", False)
+    assert p.parse_args(["train", "--data", "d", "--out", "o", "--deterministic"]).deterministic
     e = p.parse_args(["eval", "--checkpoint", "c", "--data", "x=y", "--out", "o", "--workers", "2"])
     assert e.workers == 2 and e.precision == "auto"
     r = p.parse_args(["predict", "img.png", "--precision", "fp32"])
     assert r.precision == "fp32" and r.workers is None
+
+
+def test_precision_flag_reaches_the_towers_in_train_eval_predict_and_resume(tmp_path, monkeypatch):
+    """--precision is not only parsed: the frozen towers run under it (what they ask
+    precision.autocast_dtype for), in every command, and a resumed run may change it."""
+    import promptmoe.precision as precision
+    from promptmoe.checkpoint import read_checkpoint
+
+    asked = []
+    real = precision.autocast_dtype
+    monkeypatch.setattr(precision, "autocast_dtype", lambda p, d: (asked.append(p), real(p, d))[1])
+
+    def towers_ran_in(argv):
+        asked.clear()
+        assert main([*argv, *CPU]) == 0
+        return set(asked)
+
+    data = tmp_path / "synth"
+    assert main(["make-synthetic", str(data), "--size", "64"]) == 0
+    run = tmp_path / "run"
+    train = ["train", "--data", str(data / "seen"), "--dataset", "synthetic", "--out", str(run),
+             "--preset", "tiny", "--categories", "brick", "--cache", "none"]
+    assert towers_ran_in([*train, "--epochs", "1", "--precision", "fp16"]) == {"fp16"}
+    ckpt = run / "checkpoint.safetensors"
+    assert read_checkpoint(ckpt)[0].precision == "fp16"
+    # resuming with another precision is allowed (the weights do not depend on it) and used
+    assert towers_ran_in([*train, "--epochs", "2", "--resume", "--precision", "bf16"]) == {"bf16"}
+    assert read_checkpoint(ckpt)[0].precision == "bf16"
+    assert len(pd.read_csv(run / "train_log.csv")) == 2 * 3  # 18 images / batch 8, 2 epochs
+    ev = ["eval", "--checkpoint", str(ckpt), "--data", f"synthetic={data / 'unseen'}",
+          "--no-compat", "--overwrite", "--out", str(tmp_path / "e")]
+    assert towers_ran_in([*ev, "--precision", "fp32"]) == {"fp32"}
+    assert towers_ran_in(ev) == {"auto"}  # the command line's default (fp32 on a CPU)
+    pred = ["predict", str(data / "unseen" / "pill" / "test" / "good"), "--checkpoint", str(ckpt),
+            "--out", str(tmp_path / "p")]
+    assert towers_ran_in([*pred, "--precision", "fp16"]) == {"fp16"}

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,8 +21,8 @@ def synth(tmp_path_factory):
     return load_dataset("synthetic", root / "unseen", image_size=64, verbose=False)
 
 
-def test_report_matches_metrics_computed_directly(synth, tmp_path):
-    model = build_model(PromptMoEConfig.tiny()).eval()
+def test_report_matches_metrics_computed_directly(synth, tmp_path, device):
+    model = build_model(PromptMoEConfig.tiny(), device=device).eval()
     rep = evaluate(model, {"synthetic": synth}, out_dir=tmp_path, keep_predictions=True,
                    progress=False, label={"preset": "tiny", "data": "synthetic"})
     assert list(rep.per_category.category) == ["coins", "pill"]
@@ -81,3 +83,30 @@ def test_routing_table_counts():
     got = t.set_index(["layer", "expert"])["count"]
     assert got[(6, 0)] == 3 and got[(6, 2)] == 0 and got[(12, 3)] == 2 and got[(12, 0)] == 1
     assert (t.n_images == 3).all()
+
+
+def test_saved_maps_hold_the_models_maps(synth, tmp_path, device):
+    """evaluate(save_maps=True), i.e. ``promptmoe eval --save-maps``: per category an .npz whose
+    maps are the model's own maps of those images (float16), with scores, labels and paths."""
+    from promptmoe.cli import main
+    from promptmoe.checkpoint import save_checkpoint
+
+    cfg = PromptMoEConfig.tiny()
+    model = build_model(cfg, device=device).eval()
+    ckpt = save_checkpoint(tmp_path / "c.safetensors", model, cfg, meta={"clip_seed": 0})
+    root = Path(synth.records[0].image_path).parents[3]  # <root>/unseen/<cat>/test/<kind>/x.png
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", f"mine=synthetic:{root}", "--out",
+                 str(tmp_path / "e"), "--save-maps", "--no-compat", "--device", "cpu"]) == 0
+    for cat in synth.categories:
+        saved = np.load(tmp_path / "e" / "maps" / "mine" / f"{cat}.npz")
+        sub = synth.subset(cat)
+        images = torch.stack([sub[i]["image"] for i in range(len(sub))]).to(device)
+        with torch.no_grad():
+            out = model(images)  # the model itself, not evaluate's loop
+        assert saved["maps"].dtype == np.float16 and saved["maps"].shape == (6, 64, 64)
+        # float16 keeps 11 bits: maps in [0, 1] are within 2^-11 of the float32 values
+        np.testing.assert_allclose(saved["maps"].astype(np.float32), out["anomaly_map"].cpu().numpy(),
+                                   atol=2 ** -11, rtol=0)
+        np.testing.assert_allclose(saved["scores"], out["pred_score"].cpu().numpy(), atol=1e-6)
+        assert list(saved["paths"]) == [r.image_path for r in sub.records]
+        assert saved["labels"].tolist() == [r.gt_label for r in sub.records]

@@ -262,7 +262,10 @@ def test_image_metrics_of_the_mtd_set_equal_the_hand_computed_ones(mtd):
 # ---------------------------------------------------------------- the command line (tiny preset)
 def run_cli(argv, capsys):
     capsys.readouterr()
-    code = main([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    if argv[0] in ("train", "eval", "predict") and "--device" not in argv:
+        argv += ["--device", "cpu"]  # the tests state their device (the default is CUDA on a GPU)
+    code = main(argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("promptmoe ") and ": error: " in line]
@@ -276,7 +279,8 @@ def ckpt(mtd, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # named right: no hint
         assert main(["train", "--data", str(mtd), "--dataset", "folder", "--mask-suffix", ".png",
-                     "--normal-dir", "MT_Free", "--out", str(out), "--preset", "tiny", "--epochs", "1"]) == 0
+                     "--normal-dir", "MT_Free", "--out", str(out), "--preset", "tiny", "--epochs", "1",
+                     "--device", "cpu"]) == 0
     return out / "checkpoint.safetensors"
 
 
@@ -363,7 +367,7 @@ def test_predict_scores_an_mtd_folder(mtd, ckpt, tmp_path, capsys):
     code, first, _ = run_cli(["predict", mtd, "--checkpoint", ckpt, "--out", tmp_path / "p"], capsys)
     assert code == 2 and "share a stem" in first and "--mask-suffix .png" in first
     assert main(["predict", str(mtd), "--checkpoint", str(ckpt), "--mask-suffix", ".png",
-                 "--out", str(tmp_path / "p")]) == 0
+                 "--out", str(tmp_path / "p"), "--device", "cpu"]) == 0
     scores = pd.read_csv(tmp_path / "p" / "scores.csv")
     assert len(scores) == 7 and all(p.endswith(".jpg") for p in scores.image_path)  # masks are not inputs
     sizes = {f"exp1_num_{k}.jpg": list(SIZES[k % len(SIZES)]) for k in range(7)}

@@ -1,9 +1,12 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from promptmoe.backbone import FrozenCLIP
 from promptmoe.config import PromptMoEConfig
 from promptmoe.losses import total_loss
 from promptmoe.model import PromptMoE, count_trainable_parameters, gaussian_blur
@@ -141,3 +144,55 @@ def test_unpadded_branches_give_the_padded_text_features(tiny_backbone, images, 
     padded = model.encode_prompts(p)
     torch.testing.assert_close(split, padded, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(split[:, :, 0], split[:, :, 1], atol=1e-4)  # branches differ
+
+
+# ----------------------------------------------------------------- deterministic upsampling
+@pytest.mark.parametrize("h, w, H, W", [(8, 8, 64, 64), (37, 37, 518, 518), (5, 3, 7, 11),
+                                        (10, 10, 4, 6)])
+def test_interpolation_matrices_are_bilinear_interpolation(h, w, H, W):
+    from promptmoe.model import interpolation_matrix
+
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    ref = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+    a_h, a_w = interpolation_matrix(H, h, dtype=torch.float64), interpolation_matrix(W, w, dtype=torch.float64)
+    mine = a_h @ x @ a_w.T
+    torch.testing.assert_close(mine, ref, atol=1e-12, rtol=0)
+    assert torch.allclose(a_h.sum(1), torch.ones(H, dtype=torch.float64))  # rows are convex weights
+    g = torch.randn(2, 3, H, W, dtype=torch.float64)
+    (grad_ref,) = torch.autograd.grad(ref, x, g)
+    (grad_mine,) = torch.autograd.grad(mine, x, g)
+    torch.testing.assert_close(grad_mine, grad_ref, atol=1e-12, rtol=0)
+
+
+def test_deterministic_gpu_path_gives_the_same_maps_and_gradients(tiny_backbone, images, monkeypatch):
+    """On a GPU in deterministic mode the maps are upsampled by matmuls (F.interpolate's backward
+    has no deterministic CUDA kernel); forced on here, it gives the CPU path's maps and grads."""
+    from promptmoe import model as model_module
+
+    def run():  # in float64 (a copy: the session's backbone stays float32), so that the two
+        # orders of summation agree to 1e-12
+        torch.manual_seed(0)
+        cfg = PromptMoEConfig.tiny()
+        clip = copy.deepcopy(tiny_backbone.clip)
+        model = PromptMoE(cfg, backbone=FrozenCLIP(cfg, clip=clip)).double().train()
+        feats = model.backbone.encode_image(images.double())
+        out = model.forward_features(feats, out_size=(64, 64))
+        out["anomaly_map"].square().sum().backward()
+        return out["anomaly_map"].detach(), model.context.grad.clone()
+
+    plain_map, plain_grad = run()
+    used = []
+    monkeypatch.setattr(model_module, "_deterministic_cuda", lambda x: used.append(1) or True)
+    det_map, det_grad = run()
+    assert len(used) == 4  # one upsampling per feature layer took the matmul path
+    torch.testing.assert_close(det_map, plain_map, atol=1e-12, rtol=0)
+    torch.testing.assert_close(det_grad, plain_grad, atol=1e-10, rtol=1e-10)
+
+
+def test_model_device_comes_from_the_weights(tiny_backbone):
+    from promptmoe.model import model_device
+
+    model = _model(tiny_backbone)
+    assert model_device(model) == torch.device("cpu") == model_device(model, "cpu")
+    with pytest.raises(ValueError, match="device='meta' but the model's weights are on cpu"):
+        model_device(model, "meta")

@@ -9,6 +9,7 @@ every comparison fails: this is the test that catches a silent activation mismat
 """
 import sys
 import types
+import warnings
 
 import packaging.version
 import pytest
@@ -24,12 +25,22 @@ pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 SENTENCES = ["a photo of a damaged object.", "a flawless metal screw"]
 
 
+def _import_pkg_resources() -> None:
+    """``import pkg_resources`` without its deprecation notice: setuptools < 81 warns on that
+    import with a UserWarning, which this file's ``error::UserWarning`` would turn into a failure
+    (it did on a GPU machine). Only that message, only around that import, is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
+                                category=UserWarning)
+        import pkg_resources  # noqa: F401
+
+
 def _openai_clip():
     """``import clip``; clip-anytorch imports ``packaging`` via pkg_resources, which setuptools
     >= 81 no longer ships: give it the one attribute it reads."""
     if "pkg_resources" not in sys.modules:
         try:
-            import pkg_resources  # noqa: F401
+            _import_pkg_resources()
         except ImportError:
             sys.modules["pkg_resources"] = types.SimpleNamespace(packaging=packaging)
     return pytest.importorskip("clip", reason="test dependency clip-anytorch is not installed")
@@ -78,3 +89,18 @@ def test_matches_openai_clip(tmp_path, monkeypatch, preset, name, size, layers):
     torch.testing.assert_close(text, expected_text, **tol)
     # the comparison is not vacuous: the tokens differ from layer to layer
     assert (feats.layer_tokens[0] - feats.layer_tokens[-1]).abs().max() > 1e-2
+
+
+def test_the_pkg_resources_notice_is_filtered_at_its_import_only(tmp_path, monkeypatch):
+    (tmp_path / "pkg_resources.py").write_text(
+        "import warnings\nwarnings.warn('pkg_resources is deprecated as an API. See "
+        "https://setuptools.pypa.io/en/latest/pkg_resources.html', UserWarning)\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.setitem(sys.modules, "pkg_resources", None)  # undone after the test
+    del sys.modules["pkg_resources"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _import_pkg_resources()  # an older setuptools' notice: not an error
+        assert sys.modules["pkg_resources"].__file__ == str(tmp_path / "pkg_resources.py")
+        with pytest.raises(UserWarning, match="another"):  # the filter ended with the import
+            warnings.warn("another UserWarning", UserWarning)

@@ -34,6 +34,7 @@ def test_set_seed_repeats_every_generator():
     assert a == (random.random(), np.random.rand(), torch.rand(1).item())
 
 
+@pytest.mark.device_rule
 def test_get_device_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.get_device() == torch.device("cpu") == runtime.get_device("auto")
