@@ -188,10 +188,13 @@ def plot_table(results: pd.DataFrame, metric: str = "image_auroc",
     ``metric`` is the paper's: ``"image_auroc"`` or ``"pro"``. The paper's PRO follows
     AnomalyCLIP's protocol, so for ``"pro"`` ``this run`` is our ``pro_compat`` (NaN when it was
     not computed) and a third column ``this run, official AU-PRO`` holds our ``au_pro``
-    (``promptmoe.paper.PRO_NOTE``)."""
+    (``promptmoe.paper.PRO_NOTE``). With several seeds per configuration (a ``seed`` column),
+    each of our columns is the mean over seeds and ``<column> std`` its standard deviation."""
     if metric not in ("image_auroc", "pro"):
         raise ValueError(f"the paper's ablations report image_auroc and pro (its PRO as printed), "
                          f"not {metric!r}")
+    if "seed" in results and results.groupby("configuration")["seed"].nunique().max() > 1:
+        return _over_seeds(results, metric, paper_dataset)
     index = pd.Index(results["configuration"], name="configuration")
     paper = results[f"paper {paper_dataset} {metric}"].to_numpy()
     if metric == "image_auroc":
@@ -199,3 +202,18 @@ def plot_table(results: pd.DataFrame, metric: str = "image_auroc",
     compat = results["pro_compat"].to_numpy() if "pro_compat" in results else np.nan
     return pd.DataFrame({"paper": paper, "this run": compat,
                          "this run, official AU-PRO": results["au_pro"].to_numpy()}, index=index)
+
+
+def _over_seeds(results: pd.DataFrame, metric: str, paper_dataset: str) -> pd.DataFrame:
+    """:func:`plot_table` of rows with several seeds: the mean over seeds of each of our columns,
+    and its standard deviation as ``<column> std`` (drawn as error bars)."""
+    ours = {"this run": metric if metric == "image_auroc" else "pro_compat"}
+    if metric == "pro":
+        ours["this run, official AU-PRO"] = "au_pro"
+    g = results.groupby("configuration", sort=False)
+    out = pd.DataFrame({"paper": g[f"paper {paper_dataset} {metric}"].first()})
+    for name, col in ours.items():
+        out[name] = g[col].mean() if col in results else np.nan
+        out[f"{name} std"] = g[col].std(ddof=1) if col in results else np.nan
+    out.index.name = "configuration"
+    return out

@@ -376,14 +376,16 @@ def plot_pro_curves(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], fpr_lim
     return _label(fig, preset, data, ax)
 
 
-def _paired_bars(ax, names, paper, ours, horizontal=False, extra=None):
+def _paired_bars(ax, names, paper, ours, horizontal=False, extra=None, errors=None):
     """Paper and this-run bars side by side at each position; a NaN value gets no bar.
 
     ``extra``: an optional (label, values) third bar, e.g. the official AU-PRO beside the compat
-    PRO that is compared with the paper."""
+    PRO that is compared with the paper. ``errors``: {label: values} error bars (e.g. the standard
+    deviation over seeds) for the series of that label."""
     series = [(paper, "paper", "0.6"), (ours, "this run", "C0")]
     if extra is not None:
         series.append((extra[1], extra[0], "C1"))
+    errors = errors or {}
     pos, w = np.arange(len(names)), 0.76 / len(series)
     bar = ax.barh if horizontal else ax.bar
     texts = []
@@ -391,7 +393,13 @@ def _paired_bars(ax, names, paper, ours, horizontal=False, extra=None):
         values = np.asarray(values, dtype=float)
         ok = np.isfinite(values)
         shift = (i - (len(series) - 1) / 2) * w
-        texts += ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour),
+        err = None
+        if label in errors:
+            err = np.nan_to_num(np.asarray(errors[label], dtype=float)[ok])
+            err = {("xerr" if horizontal else "yerr"): err, "capsize": 2,
+                   "error_kw": {"elinewidth": 0.8, "ecolor": "0.2"}}
+        texts += ax.bar_label(bar(pos[ok] + shift, values[ok], w, label=label, color=colour,
+                                  **(err or {})),
                               fmt="%.1f", fontsize=MIN_FONT, padding=1)
     (ax.set_yticks if horizontal else ax.set_xticks)(pos, names)
     ax.legend(fontsize=MIN_FONT)
@@ -489,13 +497,15 @@ def _room_for_labels(ax) -> None:
 
 def plot_ablation(table: pd.DataFrame, metric: str = "", *, preset: str, data: str, ax=None):
     """Horizontal bars: rows = configurations, columns "paper" and "this run" (percent), and
-    "this run, official AU-PRO" as a third bar when present."""
+    "this run, official AU-PRO" as a third bar when present. Columns ending in " std" (e.g.
+    "this run std", the standard deviation over seeds) become error bars of their series."""
     fig, axis = _axes(ax, (6.0, 0.6 * len(table) + 1.5))
     nan = pd.Series(np.nan, index=table.index)
     third = "this run, official AU-PRO"  # beside the compat PRO (ablation.plot_table)
+    errors = {c[:-4]: table[c] for c in table.columns if c.endswith(" std")}
     _paired_bars(axis, [str(i) for i in table.index], table.get("paper", nan),
                  table.get("this run", nan), horizontal=True,
-                 extra=(third, table[third]) if third in table else None)
+                 extra=(third, table[third]) if third in table else None, errors=errors)
     axis.invert_yaxis()  # first configuration on top, as in the paper's tables
     axis.set(xlabel=f"{metric} (%)" if metric else "%", xlim=(0, 108),
              title=f"Ablation: {metric}" if metric else "Ablation")

@@ -311,7 +311,7 @@ class Study:
                **ablation.table_row(r.table, r.configuration, r.changes, r.config, metrics,
                                     self.data_label(r.protocol), wide)}
         beside = self.protocols[r.protocol].paper
-        for m in ("image_auroc", "au_pro"):  # the paper's number for this protocol's direction
+        for m in ("image_auroc", "pro"):  # the paper's number for this protocol's direction
             row[f"paper {m}"] = row.get(f"paper {beside} {m}", float("nan"))
         return row
 
@@ -346,7 +346,7 @@ def write_summary(study: Study, results: Mapping[Tuple[str, int], pd.DataFrame])
         parts += [f"## Table {t}: {name} ({study.data_label(name)})", "",
                   f"Paper column: {'the paper evaluated on ' + p if p else 'none (other data)'}.", ""]
         cols = {"configuration": "configuration", "seed": "seed", "paper image_auroc": "I-AUROC paper",
-                "image_auroc": "I-AUROC", "paper au_pro": "PRO paper", "pro_compat": "pro_compat",
+                "image_auroc": "I-AUROC", "paper pro": "PRO paper", "pro_compat": "pro_compat",
                 "au_pro": "au_pro"}
         shown = df[[c for c in cols if c in df]].rename(columns=cols)
         parts += [shown.to_markdown(index=False, floatfmt=".1f"), ""]

@@ -184,3 +184,36 @@ def test_table4_rows_pin_the_vv_start_explicitly():
     assert changes["{6, 12, 18, 24}"] == {}  # the base model itself
     raw = paper.ablation_configs(4)["{24}"]
     assert base.replace(layers=ablation.map_layers(raw["layers"], base)).first_vv_block == 4
+
+
+def test_plot_table_over_seeds_gives_mean_and_std_by_hand():
+    rows = pd.DataFrame({"configuration": ["A", "A", "A", "B", "B", "B"], "seed": [0, 1, 2] * 2,
+                         "image_auroc": [60.0, 70.0, 80.0, 50.0, 50.0, 56.0],
+                         "pro_compat": [10.0, 20.0, 30.0, 1.0, 2.0, 3.0],
+                         "au_pro": [11.0, 21.0, 31.0, 2.0, 3.0, 4.0],
+                         "paper mvtec image_auroc": [93.8] * 3 + [91.7] * 3,
+                         "paper mvtec pro": [83.2] * 3 + [82.0] * 3})
+    t = ablation.plot_table(rows, "image_auroc", "mvtec")
+    assert list(t.index) == ["A", "B"] and t["paper"].tolist() == [93.8, 91.7]
+    assert t["this run"].tolist() == [70.0, 52.0]
+    assert t["this run std"].tolist() == pytest.approx([10.0, (12.0) ** 0.5])  # s^2 = (4+4+16)/2
+    p = ablation.plot_table(rows, "pro", "mvtec")
+    assert p["this run"].tolist() == [20.0, 2.0] and p["this run, official AU-PRO"].tolist() == [21.0, 3.0]
+    assert p["this run std"].tolist() == pytest.approx([10.0, 1.0])
+
+
+def test_plot_ablation_draws_the_seed_spread_as_error_bars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from promptmoe import plots
+
+    table = pd.DataFrame({"paper": [93.8, 91.7], "this run": [70.0, 52.0],
+                          "this run std": [10.0, 3.0]}, index=pd.Index(["A", "B"], name="configuration"))
+    fig = plots.plot_ablation(table, "image_auroc", preset="micro", data="synthetic")
+    ax = fig.axes[0]
+    caps = [c for c in ax.containers if getattr(c, "errorbar", None) is not None]
+    assert len(caps) == 1  # only "this run" has error bars
+    segs = caps[0].errorbar.lines[2][0].get_segments()
+    widths = sorted(round(abs(s[1][0] - s[0][0]) / 2, 6) for s in segs)
+    assert widths == [3.0, 10.0]

@@ -92,7 +92,7 @@ def test_one_pass_per_image_for_both_directions(data, tmp_path):
     assert [b[1:] for b in study.features.built] == [(len(seen), False), (len(unseen), False)]
     table = pd.read_csv(tmp_path / "table6.csv", dtype={"config_hash": str})
     assert len(table) == 2 * 7 and set(table["protocol"]) == {"seen -> unseen", "unseen -> seen"}
-    assert table["paper visa au_pro"].tolist() == 2 * paper_column(6, "visa au_pro")
+    assert table["paper visa pro"].tolist() == 2 * paper_column(6, "visa pro")
     assert table["paper image_auroc"].isna().all()  # synthetic data: no paper direction
     assert len(results["unseen -> seen", 3]) == 3
     # another seed in the same folder adds its rows; the first seed's stay in the CSV
