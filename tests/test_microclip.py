@@ -86,6 +86,21 @@ def test_window_equals_selecting_tokens_of_the_full_sequence(clip):
         torch.testing.assert_close(encode_windows(visual, x, top, left, 3), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_window_vv_path_equals_the_maps_tokens(clip):
+    # the V-V path of a full window is the mean of the tokens FrozenCLIP gives the anomaly maps
+    from promptmoe.backbone import FrozenCLIP
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    zero = torch.zeros(2, dtype=torch.long)
+    cfg = PromptMoEConfig.micro(pretrained=None, layers=(4,), vv_start=2)
+    with torch.no_grad():
+        orig, vv = encode_windows(clip.visual, x, zero, zero, 8, vv_start=2)
+        tokens = FrozenCLIP(cfg, clip=clip).encode_image(x).layer_tokens[0]  # (B, 65, D)
+    torch.testing.assert_close(vv, tokens[:, 1:].mean(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(orig, clip.encode_image(x), atol=1e-5, rtol=1e-5)
+    assert (vv - orig).abs().max() > 1e-3  # the two paths differ
+
+
 def test_cut_text_tower_equals_open_clips_encode_text(clip):
     tok = open_clip.get_tokenizer("promptmoe-micro")(["a photo of a flawless object.", "a cracked nut"])
     with torch.no_grad():
@@ -204,6 +219,13 @@ def test_pretraining_logs_and_resumes_bit_for_bit(tmp_path):
         assert torch.equal(a[k], b[k]), k
     log = pretrain.read_log(tmp_path / "b")
     assert log["step"].tolist() == [2, 4] and log["hand_cosine"].between(-1, 1).all()
+
+
+def test_vv_supervision_trains_and_changes_the_run(tmp_path):
+    a = pretrain.pretrain(tmp_path / "a", _quick_config(steps=2), device=DEV, progress=False)
+    b = pretrain.pretrain(tmp_path / "b", _quick_config(steps=2, vv_supervision=2), device=DEV,
+                          progress=False)
+    assert b.log[-1]["loss"] > 0 and b.log[-1]["loss"] != a.log[-1]["loss"]  # two more terms
 
 
 def test_learning_rate_schedule():

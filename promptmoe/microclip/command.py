@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
                    choices=("promptmoe-micro", "promptmoe-micro-128"),
                    help="architecture: the shipped 64-wide one (default), or the 128-wide variant "
                    "(vision 128 x 6, text 128 x 4; better maps, about 4x the compute: a GPU's job)")
+    p.add_argument("--vv-supervision", dest="vv_supervision", type=int, default=0, metavar="BLOCK",
+                   help="also train the V-V path's window tokens, started at this block (the "
+                   "tokens the maps read; 0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--minutes {args.minutes} / --steps {args.steps}: give a positive budget")
         batch = args.batch_size or (1024 if device.type == "cuda" else 256)
         config = PretrainConfig(model=args.model, batch_size=batch, seed=args.seed, steps=args.steps,
-                                minutes=args.minutes)
+                                minutes=args.minutes, vv_supervision=args.vv_supervision)
     else:
         config = None
     if device.type == "cpu":

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..backbone import _DropRandomInitNotice  # importing backbone registers promptmoe-* configs
+from ..backbone import _DropRandomInitNotice, block_with_vv  # importing backbone registers configs
 from ..checkpoint import atomic_write
 from ..data.base import CLIP_MEAN, CLIP_STD
 from ..runtime import get_device
@@ -59,6 +59,9 @@ class PretrainConfig:
     checkpoint_minutes: float = 5.0  # minutes between checkpoints
     log_every: int = 20  # steps between log rows
     twin_weight: float = 1.0  # weight of the twin loss (each image: its caption vs its twin's); 0 = off
+    # also apply both losses to the window's tokens on the V-V attention path started at this
+    # 1-based block (the tokens the anomaly maps read, chapter 2); 0 = off (the original path only)
+    vv_supervision: int = 0
 
     def __post_init__(self):
         self.windows = tuple(int(w) for w in self.windows)
@@ -73,7 +76,7 @@ class PretrainConfig:
 
 # ---------------------------------------------------------------- the two towers
 def encode_windows(visual, images: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-                   side: int) -> torch.Tensor:
+                   side: int, vv_start: int = 0):
     """Image embeddings of a ``side x side`` window of patch tokens per image.
 
     Args:
@@ -81,8 +84,11 @@ def encode_windows(visual, images: torch.Tensor, top: torch.Tensor, left: torch.
         images: (B, 3, S, S) CLIP-normalised.
         top, left: (B,) first row and column of each window, in patches.
         side: window side in patches (the full grid gives ``visual(images)`` exactly).
+        vv_start: also return the embedding of the V-V attention path started at this 1-based
+            block (as :meth:`promptmoe.backbone.FrozenCLIP.encode_image` computes it); 0 = not.
     Returns:
-        (B, D) the average-pooled, projected embedding of the window's patch tokens.
+        (B, D) the average-pooled, projected embedding of the window's patch tokens; with
+        ``vv_start``, a pair (original path, V-V path).
     """
     x = visual.conv1(images)  # (B, W, h, w)
     B, W, h, w = x.shape
@@ -94,9 +100,21 @@ def encode_windows(visual, images: torch.Tensor, top: torch.Tensor, left: torch.
     x = x.gather(1, idx[..., None].expand(-1, -1, W)) + pos[1:][idx]  # (B, side*side, W)
     cls = (visual.class_embedding.to(x.dtype) + pos[0]).expand(B, 1, W)
     x = visual.ln_pre(torch.cat([cls, x], dim=1))  # (B, 1 + side*side, W)
-    x = visual.transformer(x)
-    pooled, _ = visual._pool(x)  # (B, W): mean of ln_post(patch tokens)
-    return pooled @ visual.proj  # (B, D)
+    if not vv_start:
+        x = visual.transformer(x)
+        pooled, _ = visual._pool(x)  # (B, W): mean of ln_post(patch tokens)
+        return pooled @ visual.proj  # (B, D)
+    y = None  # the V-V path, as in FrozenCLIP.encode_image
+    for idx_block, block in enumerate(visual.transformer.resblocks, start=1):
+        if idx_block >= vv_start:
+            x_in = x
+            x, vv = block_with_vv(block, x)
+            y = (x_in if y is None else y) + block.ls_1(vv)
+        else:
+            x = block(x)
+    pooled, _ = visual._pool(x)  # (B, W)
+    pooled_vv, _ = visual._pool(y)  # (B, W): mean of ln_post(V-V patch tokens)
+    return pooled @ visual.proj, pooled_vv @ visual.proj
 
 
 def encode_tokens(clip, tokens: torch.Tensor) -> torch.Tensor:
@@ -291,13 +309,22 @@ def pretrain(out_dir, config: Optional[PretrainConfig] = None, device=None, resu
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            img = encode_windows(clip.visual, images, corner[:, 0], corner[:, 1], side)
+            img = encode_windows(clip.visual, images, corner[:, 0], corner[:, 1], side,
+                                 vv_start=config.vv_supervision)
+            img_vv = None
+            if config.vv_supervision:
+                img, img_vv = img
             uniq, inverse = torch.unique(caps, return_inverse=True)  # each distinct caption once
             txt = encode_tokens(clip, sampler.tokens[uniq.to(device)])[inverse.to(device)]
             img, txt = img.float(), txt.float()
             loss = contrastive_loss(img, txt, caps.to(device), clip.logit_scale)
             if config.twin_weight:
                 loss = loss + config.twin_weight * twin_loss(img, txt, clip.logit_scale)
+            if img_vv is not None:  # the same two losses on the V-V path's window tokens
+                img_vv = img_vv.float()
+                loss = loss + contrastive_loss(img_vv, txt, caps.to(device), clip.logit_scale)
+                if config.twin_weight:
+                    loss = loss + config.twin_weight * twin_loss(img_vv, txt, clip.logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
