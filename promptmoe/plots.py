@@ -228,14 +228,14 @@ def show_maps(images, maps, masks=None, titles=None, scores=None, *, preset: str
 
 
 def plot_similarity_maps(image, maps: Mapping[str, np.ndarray], *, preset: str, data: str,
-                         cmap: str = "jet"):
-    """One row: the image, then each map on its own colour scale (chapter 2, layer by layer)."""
-    fig, axes = plt.subplots(1, 1 + len(maps), figsize=fit(2.6 * (1 + len(maps)), 3.5),
-                             squeeze=False)
-    axes[0, 0].imshow(_as_uint8(image))
-    for ax, amap in zip(axes[0, 1:], maps.values()):
+                         cmap: str = "jet", per_row: int = 4):
+    """The image, then each map on its own colour scale (chapter 2, layer by layer), in rows of
+    at most ``per_row`` panels so that each stays legible at the column's width."""
+    fig, axes = _grid(1 + len(maps), ncols=per_row, size=(2.6, 2.9))
+    axes[0].imshow(_as_uint8(image))
+    for ax, amap in zip(axes[1:], maps.values()):
         ax.imshow(np.asarray(amap, dtype=float), cmap=cmap)  # NaN pixels stay blank
-    for ax, name in zip(axes[0], ["image", *maps]):
+    for ax, name in zip(axes, ["image", *maps]):
         ax.set(xticks=[], yticks=[])
         ax.set_title(name, fontsize=9)
     return _label(fig, preset, data)

@@ -198,6 +198,11 @@ def test_similarity_maps():
     assert len(fig.axes) == 4
     assert [ax.get_title() for ax in fig.axes] == ["image", "block 1", "block 2", "block 3"]
     assert_labelled(fig)
+    seven = plots.plot_similarity_maps(image, {f"m{i}": RNG.random((8, 8)) for i in range(6)},
+                                       preset="micro", data="synthetic/unseen")
+    rows = sorted({round(ax.get_position().y0, 3) for ax in seven.axes})
+    assert len(seven.axes) == 7 and len(rows) == 2  # 4 + 3 panels: no row of 7 tiny panels
+    assert seven.get_figwidth() <= plots.COLUMN_INCHES + 1e-9
 
 
 # ----------------------------------------------------------------------------- experts
