@@ -302,3 +302,41 @@ def test_micro_preset_is_the_offline_default_and_loads_the_shipped_file(monkeypa
     torch.testing.assert_close(clip.visual.proj, shipped["visual.proj"].float(), atol=0, rtol=0)
     with pytest.raises(ValueError, match="promptmoe-micro"):
         create_clip(PromptMoEConfig.tiny(pretrained=PromptMoEConfig.micro().pretrained))
+
+
+# ---------------------------------------------------------------- figures of chapter 10
+def test_method_comparison_draws_means_and_seed_spread():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from promptmoe.microclip import figures
+
+    summary = pd.DataFrame({"pixel_auroc mean": [74.0, 56.0], "pixel_auroc std": [1.0, 2.5],
+                            "image_auroc mean": [65.0, 60.0], "image_auroc std": [5.0, 0.5]},
+                           index=["colour distance", "PromptMoE"])
+    fig = figures.plot_method_comparison(summary, preset="micro", data="synthetic")
+    left = fig.axes[0]
+    assert [t.get_text() for t in left.get_yticklabels()] == ["colour distance", "PromptMoE"]
+    bars = [p.get_width() for p in left.patches]
+    assert bars == [74.0, 56.0]
+    err = [c for c in left.containers if getattr(c, "errorbar", None) is not None][0]
+    half = sorted(round((s[1][0] - s[0][0]) / 2, 6) for s in err.errorbar.lines[2][0].get_segments())
+    assert half == [1.0, 2.5]
+    assert any("preset=micro" in t.get_text() for t in fig.texts)
+
+
+def test_show_twins_draws_each_window_on_both_images():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from promptmoe.microclip import figures
+
+    clean = torch.rand(3, 3, 64, 64)
+    corners = torch.tensor([[0, 0], [2, 3], [5, 5]])
+    fig = figures.show_twins(clean, clean, corners, 3, ["a", "b", "c"], ["x", "y", "z"],
+                             preset="micro", data="synthetic")
+    boxes = [(p.get_x(), p.get_y(), p.get_width()) for ax in fig.axes for p in ax.patches]
+    assert len(boxes) == 6 and (23.5, 15.5, 24) in boxes  # column 3, row 2 in patches; 3 x 8 px
+    assert fig.axes[3].get_xlabel() == "x"

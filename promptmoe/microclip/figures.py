@@ -27,7 +27,7 @@ def show_twins(clean, defective, corners, side: int, clean_captions: Sequence[st
         corners: (n, 2) window corners (row, column) in patches; ``side`` its side in patches.
     """
     n = len(clean)
-    fig, axes = plt.subplots(2, n, figsize=fit(1.75 * n, 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=fit(1.75 * n, 5.6), squeeze=False)
     for j in range(n):
         for i, (imgs, caps) in enumerate(((clean, clean_captions), (defective, defective_captions))):
             ax = axes[i, j]
@@ -36,9 +36,9 @@ def show_twins(clean, defective, corners, side: int, clean_captions: Sequence[st
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), side * PATCH, side * PATCH, fill=False,
                                    edgecolor="yellow", linewidth=1.5))
             ax.set(xticks=[], yticks=[])
-            ax.set_xlabel("\n".join(textwrap.wrap(caps[j], 16)), fontsize=MIN_FONT)
-    axes[0, 0].set_ylabel("clean", fontsize=MIN_FONT)
-    axes[1, 0].set_ylabel("defective twin", fontsize=MIN_FONT)
+            ax.set_xlabel("\n".join(textwrap.wrap(caps[j], 18)), fontsize=MIN_FONT)
+    axes[0, 0].set_ylabel("clean", fontsize=MIN_FONT, labelpad=2)
+    axes[1, 0].set_ylabel("twin", fontsize=MIN_FONT, labelpad=2)
     return _label(fig, preset, data)
 
 
@@ -60,18 +60,21 @@ def plot_pretraining(log: pd.DataFrame, smooth: int = 5, *, preset: str, data: s
 
 def plot_method_comparison(summary: pd.DataFrame, metrics=("pixel_auroc", "image_auroc"), *,
                            preset: str, data: str):
-    """Bars of the mean over seeds with the standard deviation as error bars, one panel per
-    metric (``summary`` from :func:`promptmoe.microclip.compare.summarise_seeds`, percent)."""
+    """Horizontal bars of the mean over seeds with the standard deviation as error bars, one panel
+    per metric (``summary`` from :func:`promptmoe.microclip.compare.summarise_seeds`, percent)."""
     titles = {"pixel_auroc": "pixel AUROC (%)", "image_auroc": "image AUROC (%)",
               "image_ap": "image AP (%)", "pro_compat": "PRO, compat (%)"}
-    fig, axes = plt.subplots(1, len(metrics), figsize=fit(5 * len(metrics), 3.6), squeeze=False)
-    names = ["\n".join(textwrap.wrap(m, 12)) for m in summary.index]
+    n = len(summary)
+    fig, axes = plt.subplots(1, len(metrics), figsize=fit(4 * len(metrics) + 1.5, 0.45 * n + 1.8),
+                             squeeze=False, sharey=True)
+    pos = np.arange(n)
     for ax, metric in zip(axes[0], metrics):
         mean, std = summary[f"{metric} mean"], summary[f"{metric} std"]
-        ax.bar(range(len(mean)), mean, yerr=std, capsize=4, color=[f"C{i}" for i in range(len(mean))])
-        ax.axhline(50, color="gray", linestyle=":", linewidth=1)
-        ax.set_xticks(range(len(mean)), names, fontsize=MIN_FONT)
-        ax.set_ylim(max(0, float((mean - std).min()) - 10), 100)
+        ax.barh(pos, mean, xerr=std, capsize=3, color=[f"C{i}" for i in range(n)])
+        ax.axvline(50, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlim(max(0, float((mean - std).min()) - 10), 100)
         ax.set_title(titles.get(metric, metric))
-        ax.grid(axis="y", alpha=0.3)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(pos, list(summary.index), fontsize=MIN_FONT)
+    axes[0, 0].invert_yaxis()  # first method on top
     return _label(fig, preset, data)
