@@ -93,10 +93,19 @@ def _save_npy(path, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
+# folders that hold images but say nothing about them (MTD's MT_Blowhole/Imgs, VOC's JPEGImages):
+# an overlay is named after the first folder above them instead
+CONTAINER_FOLDERS = frozenset({"imgs", "img", "images", "image", "jpegimages", "pictures", "photos",
+                               "pics", "rgb"})
+
+
 def _unique_name(src: Path, i: int, taken: set) -> str:
-    # defect folders share stems; a file in the current folder has no parent name
-    base = f"{src.parent.name}_{src.stem}" if src.parent.name else src.stem
-    name = base if base not in taken else f"{base}_{i}"
+    """``<folder>_<stem>`` for an overlay: defect folders share stems (000.png in every one)."""
+    folder = next((p.name for p in src.parents if p.name and p.name.lower() not in CONTAINER_FOLDERS), "")
+    base = f"{folder}_{src.stem}" if folder else src.stem  # a file in the current folder: its stem
+    name, k = base, i
+    while name in taken:  # "<base>_<i>", and further if even that name is taken
+        name, k = f"{base}_{k}", k + 1
     taken.add(name)
     return name
 

@@ -406,3 +406,17 @@ def test_overlay_of_a_file_in_the_current_folder_has_no_leading_underscore(tmp_p
     assert _unique_name(Path("good") / "a.png", 0, set()) == "good_a"
     taken = {"good_a"}
     assert _unique_name(Path("good") / "a.png", 3, taken) == "good_a_3"
+
+
+def test_overlay_names_skip_folders_that_only_hold_images():
+    from promptmoe.predict import _unique_name
+
+    # MTD: MT_Blowhole/Imgs/exp1_num_4.jpg and MT_Free/Imgs/exp1_num_4.jpg share the stem
+    taken = set()
+    assert _unique_name(Path("MTD") / "MT_Blowhole" / "Imgs" / "exp1_num_4.jpg", 0, taken) == "MT_Blowhole_exp1_num_4"
+    assert _unique_name(Path("MTD") / "MT_Free" / "Imgs" / "exp1_num_4.jpg", 1, taken) == "MT_Free_exp1_num_4"
+    assert _unique_name(Path("/data/voc/JPEGImages/x.jpg"), 2, taken) == "voc_x"
+    assert _unique_name(Path("images") / "x.jpg", 3, taken) == "x"  # nothing above: the stem
+    # "<base>_<i>" already taken by another file: the next free number
+    taken = {"good_a", "good_a_3"}
+    assert _unique_name(Path("good") / "a.png", 3, taken) == "good_a_4"
