@@ -1,145 +1,33 @@
 """The ``promptmoe`` command line: make-synthetic, train, eval, predict, pretrain-micro, ablate.
 
 Taught in chapters 5 and 6. Every command takes ``--preset`` (default: ``PROMPTMOE_PRESET``, else
-GPU -> paper, online CPU -> small, offline -> tiny) and exits non-zero on any error, printing what
-went wrong and what to do: a bad value or file is one error line naming it and exit code 2, checked
-before the model is built or any image scored (``python -m promptmoe`` works the same).
+GPU -> paper, online CPU -> small, offline -> micro, the CLIP this project pretrained) and exits
+non-zero on any error, printing what went wrong and what to do: a bad value or file is one error
+line naming it and exit code 2, checked before the model is built or any image scored
+(``python -m promptmoe`` works the same). Value checks and shared options: ``promptmoe.cli_args``.
 ``eval --data`` takes ``NAME=ROOT`` or ``LABEL=FORMAT:ROOT`` (``mine=folder:~/photos``);
 ``predict`` takes any mix of image files, folders and glob patterns.
 
 A full offline round trip (quick mode)::
 
     promptmoe make-synthetic data/synth
-    promptmoe train --data data/synth/seen --dataset synthetic --out runs/quick --preset tiny
+    promptmoe train --data data/synth/seen --dataset synthetic --out runs/quick --preset micro
     promptmoe eval --checkpoint runs/quick/checkpoint.safetensors --data synthetic=data/synth/unseen --out runs/quick/eval
-    promptmoe predict data/synth/unseen/ring/test --checkpoint runs/quick/checkpoint.safetensors --out runs/quick/predict
+    promptmoe predict data/synth/unseen/pill/test --checkpoint runs/quick/checkpoint.safetensors --out runs/quick/predict
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import math
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
-PRESETS = ("paper", "small", "micro", "tiny")  # as promptmoe.config.PRESETS (not imported: --help stays fast)
+from .cli_args import (PRESETS, UsageError, add_label_options, add_mask_options, add_speed_flags,
+                       check_fraction, check_out, config_from, config_overrides, mask_options,
+                       preset_or_default)
 EXAMPLES = __doc__.split("A full offline round trip (quick mode)::")[1]
-
-
-def _preset(name: Optional[str]) -> str:
-    from .runtime import default_preset
-
-    return name or default_preset()
-
-
-class UsageError(ValueError):
-    """A bad command-line value; main() prints it on one line and exits with code 2."""
-
-
-def _overrides(pairs: List[str]) -> dict:
-    """--set key=value pairs; values parsed as JSON when they can be (numbers, lists, booleans).
-
-    An unknown key, or a value of the wrong type for its field, is an error naming the pair.
-    """
-    from .config import PromptMoEConfig
-
-    fields = {f.name: f for f in dataclasses.fields(PromptMoEConfig)}
-    defaults = PromptMoEConfig.tiny().to_dict()
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UsageError(f"--set {pair!r}: write it as key=value, e.g. --set top_k=2")
-        key, value = pair.split("=", 1)
-        if key not in fields:
-            raise UsageError(f"--set {pair!r}: unknown config key {key!r}; known keys: "
-                             f"{', '.join(sorted(fields))}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        default = defaults.get(key)
-        if not _same_kind(parsed, default):
-            kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-                    list: "a list", tuple: "a list"}.get(type(default), type(default).__name__)
-            raise UsageError(f"--set {pair!r}: {key} takes {kind} "
-                             f"(like {json.dumps(default)}), not {value!r}")
-        out[key] = parsed
-    return out
-
-
-def _same_kind(value, default) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and math.isfinite(value)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple)) and all(_same_kind(v, default[0]) for v in value
-                                                        if default)
-    return isinstance(value, type(default))
-
-
-def _config(preset: str, changes: dict):
-    """The preset with ``changes``; an invalid combination is a UsageError naming the values."""
-    from .config import PromptMoEConfig
-
-    try:
-        return PromptMoEConfig.from_preset(preset, **changes)
-    except (TypeError, ValueError) as err:
-        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in changes.items())
-        raise UsageError(f"config {shown or '(preset ' + preset + ')'}: {err}") from err
-
-
-def _check_out(out, what: str = "--out") -> Path:
-    """Create ``out`` (a folder) and prove it writable BEFORE any long work; else a UsageError."""
-    try:
-        path = Path(out).expanduser()
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"{what} {out}: is a file, not a folder")
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".promptmoe-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except UsageError:
-        raise
-    except (OSError, ValueError) as err:  # read-only, no permission, a file as parent, NUL byte
-        raise UsageError(f"{what} {out!r} cannot be written: {err}") from err
-    return path
-
-
-def _check_fraction(value: float, what: str) -> float:
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise UsageError(f"{what} {value!r}: must be a number in [0, 1]")
-    return value
-
-
-def _mask_options(args) -> dict:
-    """--mask-threshold / --mask-dir / --mask-suffix (and, train and eval, --normal-dir /
-    --abnormal-dir) as load_dataset / score_images keywords."""
-    out = {}
-    if getattr(args, "mask_threshold", None) is not None:
-        t = args.mask_threshold
-        if not (math.isfinite(t) and 0 <= t < 65535):
-            raise UsageError(f"--mask-threshold {t!r}: must be a raw mask value in [0, 65535)")
-        out["mask_threshold"] = t
-    if getattr(args, "mask_dir", None) is not None:
-        if not Path(args.mask_dir).expanduser().is_dir():
-            raise UsageError(f"--mask-dir {args.mask_dir}: no such folder")
-        out["mask_dir"] = Path(args.mask_dir).expanduser()
-    if getattr(args, "mask_suffix", None) is not None:
-        out["mask_suffix"] = args.mask_suffix
-    for key in ("normal_dirs", "abnormal_dirs"):  # train and eval only
-        if getattr(args, key, None):
-            from .data.folder import parse_dir_names
-
-            parse_dir_names(getattr(args, key), f"--{key[:-1].replace('_', '-')}")  # a path on disk: exit 2
-            out[key] = getattr(args, key)
-    return out
 
 
 def cmd_make_synthetic(args) -> int:
@@ -164,7 +52,7 @@ def cmd_train(args) -> int:
     from . import distributed
     from .train import train
 
-    changes = _overrides(args.set)
+    changes = config_overrides(args.set)
     for field in ("epochs", "batch_size", "lr", "seed", "precision"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
@@ -174,10 +62,10 @@ def cmd_train(args) -> int:
         from .precision import CUBLAS_DETERMINISTIC, CUBLAS_ENV
 
         os.environ.setdefault(CUBLAS_ENV, CUBLAS_DETERMINISTIC)
-    config = _config(_preset(args.preset), changes)
-    _check_out(args.out)
+    config = config_from(preset_or_default(args.preset), changes)
+    check_out(args.out)
     ds = load_dataset(args.dataset, args.data, image_size=config.image_size,
-                      categories=args.categories, split=args.split, **_mask_options(args))
+                      categories=args.categories, split=args.split, **mask_options(args))
     label = f"{args.dataset}:{Path(args.data).expanduser().resolve()}"
     if args.categories:
         label += f" categories={','.join(sorted(args.categories))}"
@@ -215,7 +103,7 @@ def cmd_eval(args) -> int:
     if earlier and not args.overwrite:
         raise UsageError(f"{out} holds an earlier report ({', '.join(earlier)}): pass --overwrite "
                          "to replace it, or choose another --out")
-    options = _mask_options(args)
+    options = mask_options(args)
     folder_only = {k: v for k, v in options.items() if k in FOLDER_ONLY_OPTIONS}
     if folder_only and not any(s.format == "folder" for s in specs):
         flags = [{"normal_dirs": "--normal-dir", "abnormal_dirs": "--abnormal-dir"}.get(k, "--" + k.replace("_", "-"))
@@ -223,7 +111,7 @@ def cmd_eval(args) -> int:
         raise UsageError(f"{', '.join(flags)} only apply "
                          "to folder-format data (e.g. --data mine=folder:DIR)")
     config, _, _ = read_checkpoint(args.checkpoint)
-    _check_out(args.out)
+    check_out(args.out)
     datasets = {}
     for spec in specs:
         kw = options if spec.format == "folder" else {k: v for k, v in options.items() if k not in folder_only}
@@ -253,20 +141,20 @@ def cmd_predict(args) -> int:
     from .model import build_model
     from .predict import collect_inputs, score_images
 
-    threshold = _check_fraction(args.threshold, "--threshold")
+    threshold = check_fraction(args.threshold, "--threshold")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
-    options = _mask_options(args)
+    options = mask_options(args)
     # names the input that does not exist or holds no image (masks by the same rule as scoring)
     collect_inputs(args.input, **{k: v for k, v in options.items() if k in ("mask_dir", "mask_suffix")})
-    _check_out(args.out)
+    check_out(args.out)
     if args.checkpoint:
         model, _ = load_model(args.checkpoint, device=args.device)
     else:
-        preset = _preset(args.preset)
+        preset = preset_or_default(args.preset)
         print(f"no --checkpoint: running UNTRAINED prompts on the {preset} preset; "
               "scores and maps are not meaningful until you train (promptmoe train).")
-        model = build_model(_config(preset, {}), device=args.device).eval()
+        model = build_model(config_from(preset, {}), device=args.device).eval()
     if args.precision:
         model.config.precision = args.precision
     table = score_images(model, args.input, args.out, threshold=threshold,
@@ -275,38 +163,6 @@ def cmd_predict(args) -> int:
     print(table.to_string(index=False))
     print(f"overlays and scores.csv in {args.out}")
     return 0
-
-
-def _add_mask_options(p, folder: bool = True) -> None:
-    p.add_argument("--mask-threshold", dest="mask_threshold", type=float, default=None,
-                   help="mask foreground = raw value > this (default: the documented rule: class-id "
-                   "masks > 0, else > 127 for 8-bit, so JPEG ringing does not grow the defect)")
-    if folder:
-        p.add_argument("--mask-dir", dest="mask_dir", default=None,
-                       help="folder format: a separate folder of masks (matched by file stem)")
-        p.add_argument("--mask-suffix", dest="mask_suffix", default=None,
-                       help="folder format: suffix of masks beside their images (default _mask, "
-                       "i.e. <stem>_mask.png)")
-
-
-def _add_label_options(p) -> None:
-    """--normal-dir / --abnormal-dir (train, eval): which folders of the folder format are which."""
-    p.add_argument("--normal-dir", dest="normal_dirs", action="append", default=None, metavar="NAME",
-                   help="folder format: a folder of normal images, by name at any depth, case ignored "
-                   "(repeatable; replaces the default good, normal, ok); every other folder is "
-                   "anomalous, e.g. --normal-dir MT_Free (eval: for every folder-format --data set)")
-    p.add_argument("--abnormal-dir", dest="abnormal_dirs", action="append", default=None,
-                   metavar="NAME", help="folder format: a folder of defective images (repeatable); "
-                   "once given, folders named by neither flag are left out, with a warning")
-
-
-def _speed_flags(p: argparse.ArgumentParser) -> None:
-    """--workers and --precision, shared by train, eval and predict."""
-    p.add_argument("--workers", type=int, default=None,
-                   help="data loader processes (default: cores - 1, at most 8, on a GPU; 0 on CPU)")
-    p.add_argument("--precision", choices=("fp32", "auto", "bf16", "fp16"), default="auto",
-                   help="frozen towers: auto = bf16/fp16 autocast (+TF32) on a GPU, fp32 on a "
-                   "CPU; the trained parts always run in fp32 (default: auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,11 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "the free memory and disk, and says why")
     t.add_argument("--cache-dir", dest="cache_dir", default=None,
                    help="folder of the disk cache (default OUT/feature_cache)")
-    _speed_flags(t)
+    add_speed_flags(t)
     t.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
-    _add_mask_options(t)
-    _add_label_options(t)
+    add_mask_options(t)
+    add_label_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot evaluation on one or more datasets",
@@ -376,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-compat", action="store_true", help="skip the slow compat PRO")
     e.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... (default: CUDA when present, else CPU)")
-    _add_mask_options(e)
-    _add_label_options(e)
-    _speed_flags(e)
+    add_mask_options(e)
+    add_label_options(e)
+    add_speed_flags(e)
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("predict", help="score images, folders or globs and write overlays",
@@ -396,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     r.add_argument("--save-maps", action="store_true",
                    help="also save each anomaly map (.npy, original size)")
-    _add_mask_options(r)
-    _speed_flags(r)
+    add_mask_options(r)
+    add_speed_flags(r)
     r.set_defaults(func=cmd_predict)
     from .microclip.command import add_parser as add_pretrain_micro
 
@@ -405,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .study_cli import add_parser as add_ablate  # the ablation study (chapter 7)
 
-    add_ablate(sub, _speed_flags)
+    add_ablate(sub)
     return p
 
 

@@ -20,9 +20,9 @@ from .ablation import ABLATION_TABLES
 HELP = "run the paper's ablation tables (2-6) from one feature cache per dataset"
 
 
-def add_parser(sub, speed_flags) -> argparse.ArgumentParser:
-    """The ``ablate`` subcommand on ``sub`` (``speed_flags`` adds --workers and --precision)."""
-    from .cli import PRESETS
+def add_parser(sub) -> argparse.ArgumentParser:
+    """The ``ablate`` subcommand on ``sub``."""
+    from .cli_args import PRESETS, add_speed_flags
 
     a = sub.add_parser("ablate", help=HELP, description=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,13 +57,13 @@ def add_parser(sub, speed_flags) -> argparse.ArgumentParser:
     a.add_argument("--detail", action="store_true", help="also show each model's training bars")
     a.add_argument("--no-compat", action="store_true", help="skip the slow compat PRO")
     a.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
-    speed_flags(a)
+    add_speed_flags(a)
     a.set_defaults(func=cmd_ablate)
     return a
 
 
 def cmd_ablate(args) -> int:
-    from .cli import UsageError, _check_out, _config, _overrides, _preset
+    from .cli_args import UsageError, check_out, config_from, config_overrides, preset_or_default
     from .data import load_dataset, validate_data_specs
     from .runtime import preset_note
     from .study import Protocol, Study
@@ -72,14 +72,14 @@ def cmd_ablate(args) -> int:
     train_spec, *eval_specs = validate_data_specs([args.train, *args.eval])
     if args.both_directions and len(eval_specs) != 1:
         raise UsageError(f"--both-directions needs exactly one --eval set, not {len(eval_specs)}")
-    changes = _overrides(args.set)
+    changes = config_overrides(args.set)
     for name in ("epochs", "batch_size", "precision"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    base = _config(_preset(args.preset), changes)
-    out = _check_out(args.out)
+    base = config_from(preset_or_default(args.preset), changes)
+    out = check_out(args.out)
     if args.cache_dir:
-        _check_out(args.cache_dir, "--cache-dir")
+        check_out(args.cache_dir, "--cache-dir")
     loaded = {}
     for spec in (train_spec, *eval_specs):
         loaded[spec.label] = load_dataset(spec.format, spec.root, image_size=base.image_size,
