@@ -13,8 +13,8 @@ from promptmoe.config import PromptMoEConfig
 from promptmoe.data import _procedural as proc
 from promptmoe.data import synthetic
 from promptmoe.microclip import banks, captions, defects, pretrain
-from promptmoe.microclip.pretrain import (PretrainConfig, build_micro_clip, contrastive_loss,
-                                          encode_tokens, encode_windows, twin_loss, window_corner)
+from promptmoe.microclip.objective import contrastive_loss, encode_tokens, encode_windows, twin_loss
+from promptmoe.microclip.pretrain import PretrainConfig, build_micro_clip, window_corner
 
 DEV = torch.device("cpu")  # every test here states its device: the results must not depend on it
 

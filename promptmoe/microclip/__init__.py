@@ -8,7 +8,8 @@ never saw, and ships its weights (``weights/``), which the ``micro`` preset load
 * :mod:`.banks` - normal crops of the pretraining categories; the held-out pictures.
 * :mod:`.defects` - six defect kinds painted on a whole batch in torch.
 * :mod:`.captions` - twin captions that differ only in the state word.
-* :mod:`.pretrain` - the windowed region forward, the losses, the training loop.
+* :mod:`.objective` - the windowed region forward, the text forward, the two losses.
+* :mod:`.pretrain` - twin batches, schedule, checkpoints, the training loop.
 * :mod:`.heldout` - images of held-out categories and their training-free zero-shot scores.
 * :mod:`.export` - fp16 weights (unused token rows zeroed) and their manifest.
 * :mod:`.command` - ``promptmoe pretrain-micro``.
