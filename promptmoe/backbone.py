@@ -338,8 +338,9 @@ def create_clip(config: PromptMoEConfig) -> nn.Module:
             raise RuntimeError(
                 f"could not load open_clip {config.clip_model!r} with pretrained="
                 f"{config.pretrained!r}: {err}. The weights come from the internet on first use; "
-                "offline, use the tiny preset (PROMPTMOE_PRESET=tiny) or pre-populate the "
-                "Hugging Face cache.") from err
+                "offline, use the micro preset (PROMPTMOE_PRESET=micro: a small CLIP this "
+                "project pretrained, shipped with the package) or pre-populate the Hugging Face "
+                "cache.") from err
         raise
     finally:
         root.removeFilter(quiet)

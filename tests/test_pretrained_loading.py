@@ -72,7 +72,7 @@ def test_openai_weights_load_with_quick_gelu(hub, monkeypatch, caplog, preset, n
 
 def test_missing_weights_say_what_to_do(tmp_path, monkeypatch):
     use_cache(monkeypatch, tmp_path / "empty")
-    with pytest.raises(RuntimeError, match="PROMPTMOE_PRESET=tiny"):
+    with pytest.raises(RuntimeError, match="PROMPTMOE_PRESET=micro"):
         create_clip(PromptMoEConfig.small())
 
 
