@@ -3,8 +3,9 @@
 Every chapter starts with :func:`chapter_setup`, which picks the preset in one place
 (:func:`promptmoe.runtime.default_preset`), seeds everything, and prints which preset and data
 the chapter's numbers come from. In quick mode (the ``micro`` preset offline; ``tiny`` in unit
-tests) the data is the synthetic set generated offline; with the ``paper`` preset the real datasets are looked up under
-``PROMPTMOE_DATA`` (one folder per dataset key: ``$PROMPTMOE_DATA/mvtec``, ``.../visa`` ...).
+tests) the data is the synthetic set generated offline; with the ``paper`` preset the real
+datasets are looked up under ``PROMPTMOE_DATA`` (one folder per dataset key:
+``$PROMPTMOE_DATA/mvtec``, ``.../visa`` ...).
 """
 from __future__ import annotations
 

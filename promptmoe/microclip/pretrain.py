@@ -9,8 +9,9 @@ is the mean of ``proj(ln_post(patch))`` over the window: the contrastive loss tr
 tokens in the very space where the anomaly maps compare them with text.
 
 The window forward and the losses are in :mod:`.objective`. Run it from the command line
-(``promptmoe pretrain-micro --out DIR --minutes M``) or call :func:`pretrain`. Checkpoints (``DIR/checkpoint.pt``) are written atomically every few minutes
-and at the end; ``resume=True`` continues one exactly (bit for bit on a CPU).
+(``promptmoe pretrain-micro --out DIR --minutes M``) or call :func:`pretrain`. Checkpoints
+(``DIR/checkpoint.pt``) are written atomically every few minutes and at the end;
+``resume=True`` continues one exactly (bit for bit on a CPU).
 """
 from __future__ import annotations
 
