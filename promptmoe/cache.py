@@ -18,7 +18,7 @@ float16). Where it lives:
 One cache can serve several models (chapter 7, :mod:`promptmoe.study`): which blocks a model
 compares with the text does not change a block's features, so a cache of every block serves a
 model that keeps some (:meth:`FeatureCache.select`, a :class:`CacheView`), as long as both agree
-on :func:`feature_key` (weights aside). :func:`check_fits` says when they do not.
+on :func:`feature_key` and the weights. :func:`check_fits` says when they do not.
 """
 from __future__ import annotations
 
@@ -211,6 +211,7 @@ class FeatureCache:
         self.masks, self.labels = arrays["masks"], arrays["labels"]
         self.layers, self.key = tuple(model.config.layers), feature_key(model.config)
         self.data = {k: print_[k] for k in data_digest(dataset)}  # which images it holds
+        self.weights = print_["weights"]  # weights_digest of the image tower it ran
 
     def _open(self, name, shape, dtype, mode):
         np_dtype = {torch.float32: np.float32, torch.float16: np.float16,
@@ -290,7 +291,7 @@ class CacheView:
         f = cache.features
         self.features = ImageFeatures([f.layer_tokens[i] for i in pos], f.global_feature, f.grid)
         self.masks, self.labels, self.layers, self.key = cache.masks, cache.labels, layers, cache.key
-        self.data = cache.data
+        self.data, self.weights = cache.data, cache.weights
         self.where, self.folder, self.reused = cache.where, cache.folder, cache.reused
 
     batch = FeatureCache.batch  # they read only features, masks and labels
@@ -300,9 +301,14 @@ class CacheView:
         return len(self.labels)
 
 
-def check_fits(cache, config: PromptMoEConfig, dataset):
+def check_fits(cache, config: PromptMoEConfig, dataset, model=None):
     """``cache`` itself, if it holds ``dataset``'s images with the features ``config`` uses
-    (same :func:`feature_key`, the same blocks in order); else a ValueError saying what differs."""
+    (same :func:`feature_key`, the same blocks in order, and, given ``model``, the same image
+    tower weights); else a ValueError saying what differs."""
+    if model is not None and cache.weights != weights_digest(model.backbone.clip.visual):
+        raise ValueError("the feature cache was made by an image tower with other weights "
+                         f"(digest {cache.weights} vs the model's "
+                         f"{weights_digest(model.backbone.clip.visual)})")
     if cache.data != data_digest(dataset):
         raise ValueError(f"the feature cache holds other images ({cache.data['n']}) than the "
                          f"dataset {getattr(dataset, 'name', '')!r} ({len(dataset)})")

@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import ImageFeatures
-from .cache import CACHE_MODES, FeatureCache, check_fits, choose_cache  # noqa: F401 (FeatureCache: book)
+from .cache import (CACHE_MODES, FeatureCache, check_fits,  # noqa: F401 (FeatureCache: book)
+                    choose_cache)
 from .checkpoint import (RESUMABLE_CHANGES, CheckpointError, atomic_write, config_differences,
                          load_into, load_optimizer, read_checkpoint, save_checkpoint)
 from .config import PromptMoEConfig
@@ -140,7 +141,7 @@ def _trim_log(path: Path, steps: int) -> None:
 def _build_cache(model, dataset, config, device, mode, limit_gb, folder, num_workers, progress):
     """The feature cache ``mode`` asks for (None without one); "auto" logs its choice."""
     if hasattr(mode, "batch"):  # a cache built beforehand and shared by several models (ablation)
-        return check_fits(mode, config, dataset)
+        return check_fits(mode, config, dataset, model)
     mode = {True: "memory", False: "none"}.get(mode, mode)
     if mode not in CACHE_MODES + ("auto",):
         raise ValueError(f"cache_features={mode!r}; choose auto, memory, disk or none")

@@ -133,6 +133,12 @@ def test_a_cache_of_every_block_serves_a_model_of_fewer():
         check_fits(full, row, ds)
     with pytest.raises(ValueError, match="other images"):
         check_fits(view, row, FixedDataset(5))
+    same = build_model(row)
+    assert check_fits(view, row, ds, same) is view  # the same seed's tower: the same weights
+    with torch.no_grad():
+        same.backbone.clip.visual.proj[0, 0] += 1e-3  # one weight of the tower changed
+    with pytest.raises(ValueError, match="image tower with other weights"):
+        check_fits(view, row, ds, same)
     with pytest.raises(ValueError, match=r"blocks \[5\] are not in this feature cache"):
         full.select((4, 5))
 
